@@ -1,0 +1,236 @@
+// Package imapwire reads and writes the IMAP wire format without
+// re-encoding it: a Reader hands out lines exactly as they arrived (with
+// their CRLF) and the literals announced at their end as streams of known
+// size; a Decoder parses a line with methods named after the ABNF rules of
+// RFC 3501 §9 / RFC 9051 §9. Nothing here knows about sessions.
+package imapwire
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+)
+
+const (
+	// DefaultMaxLine bounds one line (without its literals).
+	// RFC 2683 §3.2.1.5 asks servers to accept lines of at least 8000
+	// octets; 64 KiB leaves room for long UID sets and search programs.
+	DefaultMaxLine = 64 << 10
+
+	// readBufSize is the bufio buffer per direction. Lines longer than this
+	// are assembled in a separate buffer, so an idle session costs little.
+	readBufSize = 4 << 10
+
+	// maxLiteralDigits bounds the digits of a literal size: number64 in
+	// RFC 9051 §9 fits 19 decimal digits.
+	maxLiteralDigits = 19
+)
+
+var (
+	// ErrLineTooLong is returned when a line exceeds the Reader's bound.
+	// The rest of the line has not been read; the stream cannot be resumed.
+	ErrLineTooLong = errors.New("imapwire: line too long")
+	// ErrLiteralPending is returned when a line is requested while a
+	// literal announced by the previous line has not been consumed.
+	ErrLiteralPending = errors.New("imapwire: literal not consumed")
+)
+
+// Literal describes a literal announced at the end of a line.
+type Literal struct {
+	Size   int64
+	Sync   bool // "{n}": the sender waits for a continuation request
+	Binary bool // "~{n}" (RFC 3516 literal8)
+	// Start is the offset in the line of the announcement ("~" or "{").
+	Start int
+}
+
+// Reader reads lines and literals from one direction of an IMAP stream.
+// Lines are returned as slices valid until the next call.
+type Reader struct {
+	br      *bufio.Reader
+	src     io.Reader
+	maxLine int
+	line    []byte
+	pending int64 // literal bytes announced and not yet consumed
+}
+
+// NewReader returns a Reader over r with lines bounded by maxLine
+// (DefaultMaxLine if ≤ 0).
+func NewReader(r io.Reader, maxLine int) *Reader {
+	if maxLine <= 0 {
+		maxLine = DefaultMaxLine
+	}
+	return &Reader{br: bufio.NewReaderSize(r, readBufSize), src: r, maxLine: maxLine}
+}
+
+// Reset makes the Reader read from r, dropping anything buffered. It is
+// used after STARTTLS, where nothing may be buffered (RFC 3501 §6.2.1).
+func (r *Reader) Reset(src io.Reader) {
+	r.br.Reset(src)
+	r.src = src
+	r.pending = 0
+}
+
+// Buffered reports how many bytes are read ahead.
+func (r *Reader) Buffered() int { return r.br.Buffered() }
+
+// ReadLine returns the next line including its CRLF (a bare LF is
+// accepted and returned as is). The slice is valid until the next call.
+// With ErrLineTooLong it returns the start of the line (to find its tag).
+func (r *Reader) ReadLine() ([]byte, error) {
+	if r.pending > 0 {
+		return nil, ErrLiteralPending
+	}
+	frag, err := r.br.ReadSlice('\n')
+	if err == nil {
+		if len(frag) > r.maxLine {
+			return nil, ErrLineTooLong
+		}
+		return frag, nil
+	}
+	r.line = append(r.line[:0], frag...)
+	for err == bufio.ErrBufferFull {
+		if len(r.line) > r.maxLine {
+			return r.line, ErrLineTooLong
+		}
+		frag, err = r.br.ReadSlice('\n')
+		r.line = append(r.line, frag...)
+	}
+	if err != nil {
+		if err == io.EOF && len(r.line) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	if len(r.line) > r.maxLine {
+		return r.line, ErrLineTooLong
+	}
+	line := r.line
+	if cap(r.line) > 4*readBufSize {
+		r.line = nil // do not keep a huge buffer for the session's life
+	}
+	return line, nil
+}
+
+// Expect marks n literal bytes as announced; they must be consumed with
+// CopyLiteral or ReadLiteral before the next ReadLine.
+func (r *Reader) Expect(n int64) { r.pending = n }
+
+// Pending reports the literal bytes still to be consumed.
+func (r *Reader) Pending() int64 { return r.pending }
+
+// CopyLiteral copies the pending literal to w. Bytes already buffered are
+// written first; the rest is copied from the underlying reader directly, so
+// that a *net.TCPConn pair can splice without touching user space.
+func (r *Reader) CopyLiteral(w io.Writer) (int64, error) {
+	var done int64
+	if b := r.br.Buffered(); b > 0 && r.pending > 0 {
+		n := int64(b)
+		if n > r.pending {
+			n = r.pending
+		}
+		buf, _ := r.br.Peek(int(n))
+		k, err := w.Write(buf)
+		r.br.Discard(k)
+		done += int64(k)
+		r.pending -= int64(k)
+		if err != nil {
+			return done, err
+		}
+	}
+	if r.pending == 0 {
+		return done, nil
+	}
+	k, err := io.CopyN(w, r.src, r.pending)
+	done += k
+	r.pending -= k
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return done, err
+}
+
+// ReadLiteral reads the whole pending literal into dst (appending). Only
+// for literals whose size the caller has already bounded.
+func (r *Reader) ReadLiteral(dst []byte) ([]byte, error) {
+	n := int(r.pending)
+	start := len(dst)
+	dst = append(dst, make([]byte, n)...)
+	_, err := io.ReadFull(r.br, dst[start:])
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return dst[:start], err
+	}
+	r.pending = 0
+	return dst, nil
+}
+
+// DiscardLiteral skips the pending literal.
+func (r *Reader) DiscardLiteral() error {
+	_, err := r.CopyLiteral(io.Discard)
+	return err
+}
+
+// TrailingLiteral reports the literal announced at the end of line, if
+// any: "{n}", "{n+}", "~{n}" or "~{n+}" just before the CRLF
+// (RFC 9051 §4.3, RFC 7888 §3, RFC 3516 §4.1).
+func TrailingLiteral(line []byte) (Literal, bool) {
+	b := trimEOL(line)
+	if len(b) < 3 || b[len(b)-1] != '}' {
+		return Literal{}, false
+	}
+	end := len(b) - 1
+	lit := Literal{Sync: true}
+	if b[end-1] == '+' {
+		lit.Sync = false
+		end--
+	}
+	i := end
+	for i > 0 && b[i-1] >= '0' && b[i-1] <= '9' {
+		i--
+	}
+	digits := end - i
+	if digits == 0 || digits > maxLiteralDigits || i == 0 || b[i-1] != '{' {
+		return Literal{}, false
+	}
+	var n int64
+	for _, c := range b[i:end] {
+		n = n*10 + int64(c-'0')
+		if n < 0 {
+			return Literal{}, false
+		}
+	}
+	lit.Size = n
+	lit.Start = i - 1
+	if lit.Start > 0 && b[lit.Start-1] == '~' {
+		lit.Binary = true
+		lit.Start--
+	}
+	return lit, true
+}
+
+// AppendLiteralHeader appends the announcement of lit ("~{n+}" etc.)
+// followed by CRLF.
+func AppendLiteralHeader(dst []byte, lit Literal) []byte {
+	if lit.Binary {
+		dst = append(dst, '~')
+	}
+	dst = append(dst, '{')
+	dst = fmt.Appendf(dst, "%d", lit.Size)
+	if !lit.Sync {
+		dst = append(dst, '+')
+	}
+	return append(dst, '}', '\r', '\n')
+}
+
+func trimEOL(line []byte) []byte {
+	line = bytes.TrimSuffix(line, []byte{'\n'})
+	return bytes.TrimSuffix(line, []byte{'\r'})
+}
+
+// TrimEOL returns line without its CRLF (or LF).
+func TrimEOL(line []byte) []byte { return trimEOL(line) }

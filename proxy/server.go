@@ -1,0 +1,245 @@
+// Package proxy is uidgate's IMAP front end: listeners, the pre-auth
+// dialogue it answers itself, and the relay that carries an authenticated
+// session to its backend, parsing both directions and forwarding the
+// original bytes.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"uidgate/proxy/imapwire"
+	"uidgate/upstream"
+)
+
+const (
+	// DefaultPreauthTimeout bounds the time from connect to login.
+	DefaultPreauthTimeout = 60 * time.Second
+	// DefaultIdleTimeout: RFC 9051 §5.4 requires an inactivity timer of at
+	// least 30 minutes for authenticated sessions.
+	DefaultIdleTimeout = 31 * time.Minute
+	// DefaultMaxLiteral bounds a literal a client may announce.
+	DefaultMaxLiteral = 100 << 20
+	// DefaultMaxBadCommands before auth; the next one ends the session.
+	DefaultMaxBadCommands = 3
+	// writeTimeout bounds a write to a client that does not read.
+	writeTimeout = 5 * time.Minute
+)
+
+// Route resolves the backend for a user name. ok is false if no route
+// matches. The returned Backend must not be modified.
+type Route func(user string) (b *upstream.Backend, ok bool)
+
+// Listener describes how clients connect on one listening socket.
+type Listener struct {
+	Name string // for logs; the address if empty
+	// TLS is "none", "starttls" or "implicit".
+	TLS upstream.TLSMode
+	// TLSConfig holds the certificate for starttls and implicit.
+	TLSConfig *tls.Config
+	// RequireTLS refuses LOGIN/AUTHENTICATE (LOGINDISABLED) until STARTTLS.
+	RequireTLS bool
+}
+
+// Server proxies IMAP sessions. Fields must not change after Serve is
+// first called. The zero value (with Route set) serves with the defaults.
+type Server struct {
+	// Route picks the backend for a user; required.
+	Route Route
+	// Logger receives session logs; nil logs nothing.
+	Logger *zerolog.Logger
+	// MaxLine bounds a command line (imapwire.DefaultMaxLine if zero).
+	MaxLine int
+	// MaxLiteral bounds literal sizes (DefaultMaxLiteral if zero).
+	MaxLiteral int64
+	// PreauthTimeout, IdleTimeout: see the Default constants.
+	PreauthTimeout time.Duration
+	IdleTimeout    time.Duration
+	// MaxBadCommands before authentication (DefaultMaxBadCommands if zero).
+	MaxBadCommands int
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	wg        sync.WaitGroup
+	shutdown  atomic.Bool
+	nextID    atomic.Uint64
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+func (s *Server) logger() zerolog.Logger {
+	if s.Logger == nil {
+		return zerolog.Nop()
+	}
+	return *s.Logger
+}
+
+func (s *Server) maxLine() int {
+	if s.MaxLine > 0 {
+		return s.MaxLine
+	}
+	return imapwire.DefaultMaxLine
+}
+
+func (s *Server) maxLiteral() int64 {
+	if s.MaxLiteral > 0 {
+		return s.MaxLiteral
+	}
+	return DefaultMaxLiteral
+}
+
+func (s *Server) preauthTimeout() time.Duration {
+	if s.PreauthTimeout > 0 {
+		return s.PreauthTimeout
+	}
+	return DefaultPreauthTimeout
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return DefaultIdleTimeout
+}
+
+func (s *Server) maxBad() int {
+	if s.MaxBadCommands > 0 {
+		return s.MaxBadCommands
+	}
+	return DefaultMaxBadCommands
+}
+
+// Serve accepts connections on ln until Shutdown or an accept error. It
+// owns ln and closes it on return.
+func (s *Server) Serve(ln net.Listener, l Listener) error {
+	if l.Name == "" {
+		l.Name = ln.Addr().String()
+	}
+	s.mu.Lock()
+	if s.shutdown.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners = make(map[net.Listener]struct{})
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.shutdown.Load() {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// Temporary failure (e.g. out of file descriptors): back off
+				// as net/http does rather than spin.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		go s.ServeConn(context.Background(), c, l)
+	}
+}
+
+// ServeConn serves one client connection and returns when the session
+// ends. It owns c and closes it.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn, l Listener) {
+	ss := newSession(s, c, l)
+	if !s.track(ss) {
+		c.Close()
+		return
+	}
+	defer s.untrack(ss)
+	defer func() {
+		if p := recover(); p != nil {
+			// One session's bug must not take down the others.
+			ss.log.Error().Interface("panic", p).Bytes("stack", debug.Stack()).Msg("session panic")
+			ss.closeAll()
+		}
+	}()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, ss.closeAll)
+	defer stop()
+	ss.run(ctx)
+}
+
+func (s *Server) track(ss *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shutdown.Load() {
+		return false
+	}
+	if s.sessions == nil {
+		s.sessions = make(map[*session]struct{})
+	}
+	s.sessions[ss] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) untrack(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+// Shutdown stops accepting, tells every client "* BYE" and closes its
+// session, then waits for session goroutines to end or ctx to expire.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown.Store(true)
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	sessions := make([]*session, 0, len(s.sessions))
+	for ss := range s.sessions {
+		sessions = append(sessions, ss)
+	}
+	s.mu.Unlock()
+	for _, ss := range sessions {
+		ss.bye("[UNAVAILABLE] uidgate is shutting down")
+	}
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ActiveSessions reports the sessions being served.
+func (s *Server) ActiveSessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}

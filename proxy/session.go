@@ -1,0 +1,572 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"uidgate/proxy/imapwire"
+	"uidgate/rules"
+	"uidgate/upstream"
+)
+
+const (
+	// preauthMaxLiteral bounds literals before login (user names and
+	// passwords); nothing larger is legitimate there.
+	preauthMaxLiteral = 8 << 10
+	// preauthMaxCommand bounds a whole pre-auth command with its literals.
+	preauthMaxCommand = 16 << 10
+	// writeBufSize is the buffered writer per direction.
+	writeBufSize = 4 << 10
+)
+
+// session is one client connection, before and after login.
+type session struct {
+	srv     *Server
+	lis     Listener
+	id      uint64
+	remote  string
+	start   time.Time
+	log     zerolog.Logger
+	conn    net.Conn // the client, TLS-wrapped once secured
+	cr      *imapwire.Reader
+	cw      *syncWriter
+	tlsOn   bool
+	user    string
+	backend string
+	up      *upstream.Conn
+	bad     int
+	rs      *relayState
+	done    chan struct{} // closed when the session is torn down
+	closing atomic.Bool
+	connMu  sync.Mutex // guards conn and up against closeAll from elsewhere
+
+	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
+	closeOnce         sync.Once
+}
+
+func newSession(s *Server, c net.Conn, l Listener) *session {
+	id := s.nextID.Add(1)
+	ss := &session{
+		srv:    s,
+		lis:    l,
+		id:     id,
+		remote: c.RemoteAddr().String(),
+		start:  time.Now(),
+		conn:   c,
+		done:   make(chan struct{}),
+	}
+	ss.log = s.logger().With().Uint64("cid", id).Str("remote", ss.remote).Str("listener", l.Name).Logger()
+	ss.cr = imapwire.NewReader(c, s.maxLine())
+	ss.cw = newSyncWriter(c)
+	return ss
+}
+
+// syncWriter serialises writes to one peer from both relay goroutines.
+type syncWriter struct {
+	mu   sync.Mutex
+	conn net.Conn
+	bw   *bufio.Writer
+	err  error
+}
+
+func newSyncWriter(c net.Conn) *syncWriter {
+	return &syncWriter{conn: c, bw: bufio.NewWriterSize(c, writeBufSize)}
+}
+
+// writeLine writes b, flushing if flush is set. Must hold mu.
+func (w *syncWriter) write(b []byte, flush bool) error {
+	if w.err != nil {
+		return w.err
+	}
+	w.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := w.bw.Write(b); err != nil {
+		w.err = err
+		return err
+	}
+	if flush {
+		w.err = w.bw.Flush()
+	}
+	return w.err
+}
+
+// send writes one complete line and flushes.
+func (w *syncWriter) send(b []byte) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.write(b, true)
+}
+
+func (ss *session) sendf(format string, args ...any) error {
+	b := fmt.Appendf(nil, format, args...)
+	ss.bytesOut.Add(int64(len(b) + 2))
+	return ss.cw.send(append(b, '\r', '\n'))
+}
+
+func (ss *session) closeAll() {
+	ss.closeOnce.Do(func() {
+		ss.closing.Store(true)
+		close(ss.done)
+		ss.connMu.Lock()
+		c, up := ss.conn, ss.up
+		ss.connMu.Unlock()
+		c.Close()
+		if up != nil {
+			up.Close()
+		}
+	})
+}
+
+// bye tells the client the session ends and closes it.
+func (ss *session) bye(text string) {
+	ss.sendf("* BYE %s", text)
+	ss.closeAll()
+}
+
+func (ss *session) run(ctx context.Context) {
+	ss.log.Debug().Msg("connect")
+	defer func() {
+		ss.closeAll()
+		ev := ss.log.Info()
+		if ss.user != "" {
+			ev = ev.Str("user", ss.user).Str("backend", ss.backend)
+		}
+		ev.Int64("bytes_in", ss.bytesIn.Load()).Int64("bytes_out", ss.bytesOut.Load()).
+			Dur("duration", time.Since(ss.start)).Msg("session end")
+	}()
+	if ss.lis.TLS == upstream.TLSImplicit {
+		ss.conn.SetDeadline(time.Now().Add(ss.srv.preauthTimeout()))
+		tc := tls.Server(ss.conn, ss.lis.TLSConfig)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			ss.log.Debug().Err(err).Msg("TLS handshake failed")
+			return
+		}
+		ss.setConn(tc)
+	}
+	ss.log.Info().Msg("session start")
+	if !ss.preauth(ctx) {
+		return
+	}
+	ss.relay(ctx)
+}
+
+func (ss *session) setConn(c net.Conn) {
+	ss.connMu.Lock()
+	ss.conn = c
+	ss.connMu.Unlock()
+	ss.tlsOn = true
+	ss.cr.Reset(c)
+	ss.cw.mu.Lock()
+	ss.cw.conn = c
+	ss.cw.bw.Reset(c)
+	ss.cw.mu.Unlock()
+}
+
+// preCaps returns the capabilities before login (RFC 9051 §6.1.1).
+func (ss *session) preCaps() string {
+	caps := "IMAP4rev1 LITERAL+ SASL-IR ID"
+	if ss.lis.TLS == upstream.TLSStartTLS && !ss.tlsOn {
+		caps += " STARTTLS"
+	}
+	if ss.loginDisabled() {
+		// RFC 9051 §6.2.3: LOGINDISABLED, and no AUTH= mechanism that would
+		// send a password in the clear.
+		return caps + " LOGINDISABLED"
+	}
+	return caps + " AUTH=PLAIN AUTH=LOGIN"
+}
+
+func (ss *session) loginDisabled() bool { return ss.lis.RequireTLS && !ss.tlsOn }
+
+// preauth answers commands until a login succeeds (true) or the session
+// must end (false).
+func (ss *session) preauth(ctx context.Context) bool {
+	ss.conn.SetDeadline(time.Now().Add(ss.srv.preauthTimeout()))
+	if ss.sendf("* OK [CAPABILITY %s] uidgate ready", ss.preCaps()) != nil {
+		return false
+	}
+	var buf []byte
+	for {
+		cmd, err := ss.readPreauthCommand(buf[:0])
+		buf = cmd
+		if err != nil {
+			ss.endOnReadError(err, cmd)
+			return false
+		}
+		if cmd == nil {
+			continue // answered already (e.g. literal refused)
+		}
+		d := imapwire.NewDecoder(cmd)
+		tag, ok := d.Tag()
+		if !ok || !d.SP() {
+			if !ss.badCommand("*", "Missing tag") {
+				return false
+			}
+			continue
+		}
+		name, _ := d.Atom()
+		t := string(tag)
+		ss.traceCommand(cmd, name)
+		switch {
+		case imapwire.EqualFold(name, "CAPABILITY") && d.EOL():
+			ss.sendf("* CAPABILITY %s", ss.preCaps())
+			ss.sendf("%s OK CAPABILITY completed", t)
+		case imapwire.EqualFold(name, "NOOP") && d.EOL():
+			ss.sendf("%s OK NOOP completed", t)
+		case imapwire.EqualFold(name, "LOGOUT") && d.EOL():
+			ss.sendf("* BYE uidgate logging out")
+			ss.sendf("%s OK LOGOUT completed", t)
+			return false
+		case imapwire.EqualFold(name, "ID"):
+			// RFC 2971 §3.1: answer with our own identification.
+			ss.sendf(`* ID ("name" "uidgate")`)
+			ss.sendf("%s OK ID completed", t)
+		case imapwire.EqualFold(name, "STARTTLS") && d.EOL():
+			if !ss.startTLS(ctx, t) {
+				return false
+			}
+		case imapwire.EqualFold(name, "LOGIN"):
+			d.SP()
+			user, ok1 := d.ExpectAString()
+			d.ExpectSP()
+			pass, ok2 := d.ExpectAString()
+			d.ExpectCRLF()
+			if !ok1 || !ok2 || d.Err() != nil {
+				if !ss.badCommand(t, "LOGIN expects user name and password") {
+					return false
+				}
+				continue
+			}
+			if ss.loginDisabled() {
+				ss.sendf("%s NO [PRIVACYREQUIRED] LOGIN needs STARTTLS first", t)
+				continue
+			}
+			if ss.login(ctx, t, user, pass) {
+				return true
+			}
+		case imapwire.EqualFold(name, "AUTHENTICATE"):
+			d.SP()
+			mech, _ := d.Atom()
+			var ir []byte
+			hasIR := d.SP()
+			if hasIR {
+				ir, _ = d.Atom()
+			}
+			if !d.EOL() || len(mech) == 0 {
+				if !ss.badCommand(t, "AUTHENTICATE expects a mechanism") {
+					return false
+				}
+				continue
+			}
+			if ss.loginDisabled() {
+				ss.sendf("%s NO [PRIVACYREQUIRED] AUTHENTICATE needs STARTTLS first", t)
+				continue
+			}
+			user, pass, ok, alive := ss.authenticate(t, string(mech), hasIR, string(ir))
+			if !alive {
+				return false
+			}
+			if ok && ss.login(ctx, t, user, pass) {
+				return true
+			}
+		default:
+			// RFC 9051 §6: only these commands are valid before login.
+			if !ss.badCommand(t, "Command not valid before login") {
+				return false
+			}
+		}
+		ss.conn.SetDeadline(time.Now().Add(ss.srv.preauthTimeout()))
+	}
+}
+
+// badCommand answers BAD and reports whether the session may go on: after
+// MaxBadCommands bad commands the session ends with BYE.
+func (ss *session) badCommand(tag, text string) bool {
+	ss.bad++
+	ss.sendf("%s BAD %s", tag, text)
+	if ss.bad >= ss.srv.maxBad() {
+		ss.bye("Too many bad commands")
+		return false
+	}
+	return true
+}
+
+// endOnReadError answers a failed read where an answer is still possible.
+func (ss *session) endOnReadError(err error, partial []byte) {
+	switch {
+	case errors.Is(err, imapwire.ErrLineTooLong):
+		tag := tagOf(partial)
+		ss.sendf("%s BAD Line too long", tag)
+		ss.bye("Line too long")
+	case errors.Is(err, errCommandTooLong):
+		ss.sendf("%s BAD Command too long", tagOf(partial))
+		ss.bye("Command too long")
+	case errors.Is(err, errLiteralTooBig):
+		// The client sends a non-synchronizing literal's bytes without
+		// waiting; they cannot be skipped unread, so the session ends
+		// (RFC 7888 §4).
+		ss.sendf("%s BAD [TOOBIG] Literal too large", tagOf(partial))
+		ss.bye("Literal too large")
+	case isTimeout(err):
+		ss.bye("Autologout; idle for too long")
+	default:
+		ss.log.Debug().Err(err).Msg("client read")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// isClosed reports the errors of a connection that went away, which are
+// not worth more than a debug line.
+func isClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+// tagOf returns the tag at the start of a (partial) command, or "*".
+func tagOf(line []byte) string {
+	d := imapwire.NewDecoder(line)
+	if tag, ok := d.Tag(); ok && d.SP() {
+		return string(tag)
+	}
+	return "*"
+}
+
+var (
+	errCommandTooLong = errors.New("command too long")
+	errLiteralTooBig  = errors.New("non-synchronizing literal too big")
+)
+
+// readPreauthCommand reads one whole command with its literals inline,
+// answering "+" to synchronizing literals. It returns nil (no error) when
+// it refused a synchronizing literal and answered the command.
+func (ss *session) readPreauthCommand(buf []byte) ([]byte, error) {
+	for {
+		line, err := ss.cr.ReadLine()
+		if err != nil {
+			return append(buf, line...), err
+		}
+		ss.bytesIn.Add(int64(len(line)))
+		buf = append(buf, line...)
+		if len(buf) > preauthMaxCommand {
+			return buf, errCommandTooLong
+		}
+		lit, ok := imapwire.TrailingLiteral(line)
+		if !ok {
+			return buf, nil
+		}
+		if lit.Size > preauthMaxLiteral {
+			if !lit.Sync {
+				return buf, errLiteralTooBig
+			}
+			ss.sendf("%s NO [TOOBIG] Literal too large", tagOf(buf))
+			return nil, nil
+		}
+		if lit.Sync {
+			ss.sendf("+ Ready for literal")
+		}
+		ss.cr.Expect(lit.Size)
+		if buf, err = ss.cr.ReadLiteral(buf); err != nil {
+			return buf, err
+		}
+		ss.bytesIn.Add(lit.Size)
+	}
+}
+
+// traceCommand logs a client command at trace level, never a password.
+func (ss *session) traceCommand(cmd, name []byte) {
+	if e := ss.log.Trace(); e.Enabled() {
+		if imapwire.EqualFold(name, "LOGIN") || imapwire.EqualFold(name, "AUTHENTICATE") {
+			e.Str("C", tagOf(cmd)+" "+strings.ToUpper(string(name))+" <redacted>").Send()
+			return
+		}
+		e.Bytes("C", imapwire.TrimEOL(cmd)).Send()
+	}
+}
+
+func (ss *session) startTLS(ctx context.Context, tag string) bool {
+	if ss.lis.TLS != upstream.TLSStartTLS || ss.tlsOn {
+		// RFC 9051 §6.2.1: STARTTLS is only valid when advertised.
+		return ss.badCommand(tag, "STARTTLS not available")
+	}
+	ss.sendf("%s OK Begin TLS negotiation now", tag)
+	if ss.cr.Buffered() > 0 {
+		// Bytes pipelined after STARTTLS would be injected into the secured
+		// session (CVE-2011-0411 class); refuse them.
+		ss.bye("Data after STARTTLS")
+		return false
+	}
+	tc := tls.Server(ss.conn, ss.lis.TLSConfig)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		ss.log.Debug().Err(err).Msg("STARTTLS handshake failed")
+		return false
+	}
+	ss.setConn(tc)
+	return true
+}
+
+// authenticate runs a SASL exchange (RFC 9051 §6.2.2, RFC 4959 SASL-IR)
+// for PLAIN (RFC 4616) or LOGIN. ok reports credentials obtained; alive
+// false means the session must end.
+func (ss *session) authenticate(tag, mech string, hasIR bool, ir string) (user, pass string, ok, alive bool) {
+	step := func(challenge string) (string, bool, bool) {
+		if ss.sendf("+ %s", challenge) != nil {
+			return "", false, false
+		}
+		line, err := ss.cr.ReadLine()
+		if err != nil {
+			ss.endOnReadError(err, nil)
+			return "", false, false
+		}
+		ss.bytesIn.Add(int64(len(line)))
+		resp := string(imapwire.TrimEOL(line))
+		if resp == "*" {
+			// RFC 9051 §6.2.2: "*" cancels the exchange.
+			ss.sendf("%s BAD AUTHENTICATE cancelled", tag)
+			return "", false, true
+		}
+		return resp, true, true
+	}
+	decode := func(s string) ([]byte, bool) {
+		if s == "=" {
+			return nil, true // RFC 4959 §3: empty initial response
+		}
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			ss.sendf("%s BAD Invalid base64", tag)
+			return nil, false
+		}
+		return b, true
+	}
+	switch strings.ToUpper(mech) {
+	case "PLAIN":
+		resp := ir
+		if !hasIR {
+			var more bool
+			if resp, more, alive = step(""); !more {
+				return "", "", false, alive
+			}
+		}
+		b, good := decode(resp)
+		if !good {
+			return "", "", false, true
+		}
+		parts := strings.Split(string(b), "\x00")
+		if len(parts) != 3 || parts[1] == "" {
+			ss.sendf("%s BAD Malformed PLAIN response", tag)
+			return "", "", false, true
+		}
+		if parts[0] != "" && parts[0] != parts[1] {
+			ss.sendf("%s NO [AUTHORIZATIONFAILED] Proxy authorization is not supported", tag)
+			return "", "", false, true
+		}
+		return parts[1], parts[2], true, true
+	case "LOGIN":
+		var resp string
+		var more bool
+		if hasIR {
+			resp = ir
+		} else if resp, more, alive = step(base64.StdEncoding.EncodeToString([]byte("Username:"))); !more {
+			return "", "", false, alive
+		}
+		u, good := decode(resp)
+		if !good {
+			return "", "", false, true
+		}
+		if resp, more, alive = step(base64.StdEncoding.EncodeToString([]byte("Password:"))); !more {
+			return "", "", false, alive
+		}
+		p, good := decode(resp)
+		if !good {
+			return "", "", false, true
+		}
+		return string(u), string(p), true, true
+	default:
+		ss.sendf("%s NO [CANNOT] Unsupported authentication mechanism", tag)
+		return "", "", false, true
+	}
+}
+
+// login routes user, dials the backend and logs in there. It answers the
+// client either way and reports success.
+func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
+	b, ok := ss.srv.Route(user)
+	if !ok {
+		ss.log.Info().Str("user", user).Msg("no route for user")
+		// Same answer as a wrong password: do not reveal which users exist.
+		ss.sendf("%s NO [AUTHENTICATIONFAILED] Authentication failed", tag)
+		return false
+	}
+	log := ss.log.With().Str("user", user).Str("backend", b.Name).Logger()
+	t0 := time.Now()
+	up, err := upstream.Dial(ctx, b)
+	if err != nil {
+		log.Warn().Err(err).Msg("backend unavailable")
+		ss.sendf("%s NO [UNAVAILABLE] Backend unavailable, try again later", tag)
+		return false
+	}
+	st, err := up.Login(ctx, user, pass)
+	if err != nil {
+		up.Close()
+		log.Warn().Err(err).Msg("backend login failed")
+		ss.sendf("%s NO [UNAVAILABLE] Backend unavailable, try again later", tag)
+		return false
+	}
+	if !st.OK() {
+		up.Close()
+		log.Info().Str("status", st.Name).Msg("login refused by backend")
+		code := st.Code
+		if code == "" {
+			code = "AUTHENTICATIONFAILED"
+		}
+		ss.sendf("%s NO [%s] %s", tag, code, sanitizeText(st.Text, pass))
+		return false
+	}
+	ss.connMu.Lock()
+	ss.up = up
+	ss.connMu.Unlock()
+	if ss.closing.Load() {
+		up.Close()
+		return false
+	}
+	ss.user, ss.backend = user, b.Name
+	ss.log = log
+	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
+	caps := rules.ClientCaps(up.Caps)
+	ss.sendf("%s OK [CAPABILITY %s] %s", tag, strings.Join(caps, " "), sanitizeText(st.Text, pass))
+	return true
+}
+
+// sanitizeText keeps a backend's resp-text fit to relay: one line, and
+// never containing the password it was given.
+func sanitizeText(text, pass string) string {
+	text = strings.Map(func(r rune) rune {
+		if r == '\r' || r == '\n' || r == 0 {
+			return ' '
+		}
+		return r
+	}, text)
+	if pass != "" && strings.Contains(text, pass) {
+		text = strings.ReplaceAll(text, pass, "<redacted>")
+	}
+	if text == "" {
+		text = "done"
+	}
+	return text
+}
