@@ -54,11 +54,17 @@ type relayState struct {
 	// litWait, when set, is the tag of a command whose synchronizing
 	// literal waits for the backend's "+"; litPass says whether that "+"
 	// goes to the client (it sent a synchronizing literal itself).
-	litWait  string
-	litPass  bool
-	litCh    chan litDecision
-	byeSeen  bool
-	loggedIn bool
+	litWait   string
+	litPass   bool
+	litCh     chan litDecision
+	byeSeen   bool
+	logoutTag string // LOGOUT answered: the session ends
+}
+
+func (rs *relayState) isLogoutTag(tag []byte) bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.logoutTag != "" && rs.logoutTag == string(tag)
 }
 
 // State is a snapshot of a session's relay state, for tests and logs.
@@ -352,7 +358,7 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			rs.mu.Lock()
 			bye := rs.byeSeen
 			rs.mu.Unlock()
-			if !bye && !ss.closing.Load() {
+			if !bye && !midResponse && !ss.closing.Load() {
 				if errors.Is(err, imapwire.ErrLineTooLong) {
 					ss.log.Warn().Msg("backend line too long")
 				}
@@ -362,6 +368,7 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 		}
 		literalOK := true
 		fwd := line
+		logoutDone := false
 		if !midResponse {
 			resp, ok := imapwire.ParseResponse(line)
 			if ok {
@@ -370,6 +377,7 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 				if skip {
 					continue
 				}
+				logoutDone = resp.Kind == imapwire.RespTagged && rs.isLogoutTag(resp.Tag)
 				literalOK = resp.MayAnnounceLiteral()
 			}
 		}
@@ -396,6 +404,10 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			return werr
 		}
 		midResponse = has
+		if logoutDone {
+			// RFC 9051 §6.1.3: the connection closes after LOGOUT's OK.
+			return nil
+		}
 	}
 }
 
@@ -464,6 +476,7 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 				rs.idling = false
 			case cmdLogout:
 				rs.byeSeen = true
+				rs.logoutTag = tag
 			}
 		}
 	}

@@ -29,6 +29,8 @@ const (
 	preauthMaxLiteral = 8 << 10
 	// preauthMaxCommand bounds a whole pre-auth command with its literals.
 	preauthMaxCommand = 16 << 10
+	// traceMax bounds a traced line.
+	traceMax = 512
 	// writeBufSize is the buffered writer per direction.
 	writeBufSize = 4 << 10
 )
@@ -396,7 +398,11 @@ func (ss *session) traceCommand(cmd, name []byte) {
 			e.Str("C", tagOf(cmd)+" "+strings.ToUpper(string(name))+" <redacted>").Send()
 			return
 		}
-		e.Bytes("C", imapwire.TrimEOL(cmd)).Send()
+		b := imapwire.TrimEOL(cmd)
+		if len(b) > traceMax {
+			b = b[:traceMax]
+		}
+		e.Bytes("C", b).Send()
 	}
 }
 
