@@ -1,0 +1,156 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/rs/zerolog"
+
+	"uidgate/configs"
+	"uidgate/proxy"
+	"uidgate/upstream"
+)
+
+// loadConfig reads file, or the embedded default when file is "", and
+// validates it.
+func loadConfig(file string) (*configs.Config, error) {
+	var c *configs.Config
+	if file == "" {
+		c = configs.Default()
+	} else {
+		var err error
+		if c, err = configs.Load(file); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func checkConfig(file string, stdout, stderr io.Writer) int {
+	c, err := loadConfig(file)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	if err := c.Encode(stdout); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c configs.Log, w io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(c.LevelOrDefault())
+	if err != nil {
+		return zerolog.Logger{}, err
+	}
+	if c.FormatOrDefault() == "console" {
+		w = zerolog.ConsoleWriter{Out: w}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}
+
+// newServer builds the proxy from a validated configuration.
+func newServer(c *configs.Config, log *zerolog.Logger) (*proxy.Server, error) {
+	router, err := c.Router()
+	if err != nil {
+		return nil, err
+	}
+	backends := make(map[string]*upstream.Backend, len(c.Backends))
+	for _, b := range c.Backends {
+		tc, err := b.TLSConfig()
+		if err != nil {
+			return nil, fmt.Errorf("backend %q: %w", b.Name, err)
+		}
+		backends[b.Name] = &upstream.Backend{
+			Name:        b.Name,
+			Address:     b.Address,
+			TLS:         upstream.TLSMode(b.TLSModeOrDefault()),
+			TLSConfig:   tc,
+			DialTimeout: b.DialTimeoutOrDefault(),
+		}
+	}
+	return &proxy.Server{
+		Route: func(user string) (*upstream.Backend, bool) {
+			name, ok := router.Backend(user)
+			if !ok {
+				return nil, false
+			}
+			b, ok := backends[name]
+			return b, ok
+		},
+		Logger:         log,
+		MaxLine:        c.Limits.MaxLineOrDefault(),
+		MaxLiteral:     c.Limits.MaxLiteralOrDefault(),
+		PreauthTimeout: c.Limits.PreauthTimeoutOrDefault(),
+		IdleTimeout:    c.Limits.IdleTimeoutOrDefault(),
+		MaxBadCommands: c.Limits.MaxBadCommandsOrDefault(),
+	}, nil
+}
+
+// serve runs until ctx ends, then shuts down gracefully.
+func serve(ctx context.Context, file string, stderr io.Writer) error {
+	c, err := loadConfig(file)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(c.Log, stderr)
+	if err != nil {
+		return err
+	}
+	srv, err := newServer(c, &log)
+	if err != nil {
+		return err
+	}
+	type bound struct {
+		ln net.Listener
+		l  proxy.Listener
+	}
+	var lns []bound
+	for _, l := range c.Listeners {
+		tc, err := l.TLSConfig(c.TLS)
+		if err != nil {
+			return fmt.Errorf("listener %s: %w", l.Address, err)
+		}
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			for _, b := range lns {
+				b.ln.Close()
+			}
+			return err
+		}
+		lns = append(lns, bound{ln, proxy.Listener{
+			Name:       l.Address,
+			TLS:        upstream.TLSMode(l.TLSModeOrDefault()),
+			TLSConfig:  tc,
+			RequireTLS: l.RequireTLS,
+		}})
+	}
+	errs := make(chan error, len(lns))
+	for _, b := range lns {
+		log.Info().Str("address", b.ln.Addr().String()).Str("tls", string(b.l.TLS)).Msg("listening")
+		go func() { errs <- srv.Serve(b.ln, b.l) }()
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info().Msg("shutting down")
+	case serveErr = <-errs:
+		log.Error().Err(serveErr).Msg("listener failed")
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn().Err(err).Msg("sessions still open at shutdown")
+	}
+	if errors.Is(serveErr, proxy.ErrServerClosed) {
+		serveErr = nil
+	}
+	return serveErr
+}

@@ -1,0 +1,391 @@
+// Package configs reads uidgate's TOML configuration: a strict schema in
+// which an unknown key is an error naming its file and line, defaults kept in
+// accessor methods (documented at each field, so the zero value of a field
+// means "default"), and Validate, which reports every problem at once.
+//
+// Load and Parse check syntax, types and key names only; call Validate
+// before using a Config.
+package configs
+
+import (
+	_ "embed"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"uidgate/rules"
+)
+
+//go:embed default.toml
+var defaultTOML []byte
+
+// Config is the whole configuration file.
+type Config struct {
+	// Listeners are the addresses uidgate accepts clients on; at least one.
+	Listeners []Listener `toml:"listener"`
+	// TLS holds defaults for listeners' TLS.
+	TLS TLS `toml:"tls"`
+	// Backends are the IMAP servers uidgate proxies to; at least one.
+	Backends []Backend `toml:"backend"`
+	// Routes map login names to backends; the first that matches wins
+	// (see rules.Router). At least one.
+	Routes []Route `toml:"route"`
+	// Limits bound what clients may send and how long they may wait.
+	Limits Limits `toml:"limits"`
+	// Log configures logging.
+	Log Log `toml:"log"`
+
+	// file is the name given to Parse; lines maps each key as written,
+	// with array indexes ("listener.0.address"), to its 1-based line.
+	file  string
+	lines map[string]int
+}
+
+// TLSMode is how a connection uses TLS.
+type TLSMode string
+
+// TLS modes.
+const (
+	TLSNone     TLSMode = "none"     // cleartext
+	TLSStartTLS TLSMode = "starttls" // cleartext upgraded by STARTTLS (RFC 9051 §6.2.1)
+	TLSImplicit TLSMode = "implicit" // TLS from the first byte (RFC 8314, port 993)
+)
+
+func (m TLSMode) valid() bool {
+	return m == TLSNone || m == TLSStartTLS || m == TLSImplicit
+}
+
+// Listener is one address clients connect to.
+type Listener struct {
+	// Address is host:port to listen on; required.
+	Address string `toml:"address"`
+	// TLS is none (default), starttls or implicit.
+	TLS TLSMode `toml:"tls"`
+	// RequireTLS, only with tls = "starttls", advertises LOGINDISABLED and
+	// refuses AUTHENTICATE until STARTTLS (RFC 9051 §6.2.3). Default false.
+	RequireTLS bool `toml:"require_tls"`
+	// Cert is a PEM certificate chain; default [tls].cert. Required, here
+	// or there, unless tls is none.
+	Cert string `toml:"cert"`
+	// Key is the PEM private key for Cert; default [tls].key.
+	Key string `toml:"key"`
+}
+
+// TLS holds defaults shared by listeners.
+type TLS struct {
+	// Cert is the PEM certificate chain listeners use when they set none.
+	Cert string `toml:"cert"`
+	// Key is the PEM private key for Cert.
+	Key string `toml:"key"`
+	// MinVersion is the oldest TLS version offered to clients: "1.2"
+	// (default) or "1.3".
+	MinVersion string `toml:"min_version"`
+}
+
+// Backend is one upstream IMAP server.
+type Backend struct {
+	// Name identifies the backend in routes and logs; required, unique.
+	Name string `toml:"name"`
+	// Address is host:port of the server; required.
+	Address string `toml:"address"`
+	// TLS is none (default), starttls or implicit.
+	TLS TLSMode `toml:"tls"`
+	// CAFile is a PEM bundle of CAs trusted for the server's certificate;
+	// default the system roots.
+	CAFile string `toml:"ca_file"`
+	// ServerName is the name sent in SNI and verified in the certificate;
+	// default the host part of Address.
+	ServerName string `toml:"server_name"`
+	// InsecureSkipVerify accepts any server certificate. Default false.
+	InsecureSkipVerify bool `toml:"insecure_skip_verify"`
+	// MinVersion is the oldest TLS version accepted from the server: "1.0",
+	// "1.1", "1.2" (default) or "1.3". Old Cyrus builds may need "1.0".
+	MinVersion string `toml:"min_version"`
+	// Legacy marks a server whose message numbers are never trusted: uidgate
+	// resyncs by UID after every EXPUNGE/EXISTS and sets \Seen explicitly.
+	// Default false.
+	Legacy bool `toml:"legacy"`
+	// DialTimeout bounds connecting, TLS and greeting; default 10s.
+	DialTimeout Duration `toml:"dial_timeout"`
+	// CyrusNamespace says mailbox names follow the Cyrus classic namespace
+	// (other users' mailboxes under "user."); see rules.CanonicalMailbox.
+	// Default false.
+	CyrusNamespace bool `toml:"cyrus_namespace"`
+}
+
+// Route is one routing rule; see rules.Route for the matching semantics.
+// Exactly one of User, Regex, Domain and Default is set.
+type Route struct {
+	// User is a glob over the login name ('*', '?').
+	User string `toml:"user,omitempty"`
+	// Regex is an anchored RE2 expression over the login name.
+	Regex string `toml:"regex,omitempty"`
+	// Domain matches the part of the login name after the last '@'.
+	Domain string `toml:"domain,omitempty"`
+	// Default matches every login name.
+	Default bool `toml:"default,omitempty"`
+	// Backend is the name of a [[backend]]; required.
+	Backend string `toml:"backend"`
+}
+
+// Limits bound resources per connection.
+type Limits struct {
+	// MaxLine is the longest command line accepted, in bytes, literals
+	// excluded; default 65536, at least 8000 (RFC 2683 §3.2.1.5).
+	MaxLine int `toml:"max_line"`
+	// MaxLiteral is the largest literal a client may announce, in bytes;
+	// larger ones are refused with NO [TOOBIG] or BAD (RFC 9051 §7.1).
+	// Default 104857600 (100 MiB).
+	MaxLiteral int64 `toml:"max_literal"`
+	// PreauthTimeout bounds the time from connect to a successful login;
+	// default 60s.
+	PreauthTimeout Duration `toml:"preauth_timeout"`
+	// IdleTimeout is how long an authenticated client may stay silent;
+	// default 31m, at least 30m (RFC 9051 §5.4).
+	IdleTimeout Duration `toml:"idle_timeout"`
+	// LockTimeout is how long a command waits for a mailbox lock before
+	// being answered NO [INUSE]; default 30s.
+	LockTimeout Duration `toml:"lock_timeout"`
+	// MaxBadCommands is how many BAD answers in a row end a session with
+	// BYE; default 3.
+	MaxBadCommands int `toml:"max_bad_commands"`
+}
+
+// Log configures the process logger.
+type Log struct {
+	// Level is trace, debug, info (default), warn or error.
+	Level string `toml:"level"`
+	// Format is json (default) or console.
+	Format string `toml:"format"`
+}
+
+// Defaults, used when a field is zero.
+const (
+	DefaultTLSMinVersion  = "1.2"
+	DefaultDialTimeout    = 10 * time.Second
+	DefaultMaxLine        = 64 << 10  // RFC 2683 §3.2.1.5 asks servers to accept ≥ 8000 octets
+	DefaultMaxLiteral     = 100 << 20 // bytes
+	DefaultPreauthTimeout = 60 * time.Second
+	DefaultIdleTimeout    = 31 * time.Minute // RFC 9051 §5.4: at least 30 minutes
+	DefaultLockTimeout    = 30 * time.Second
+	DefaultMaxBadCommands = 3
+	DefaultLogLevel       = "info"
+	DefaultLogFormat      = "json"
+
+	// MinMaxLine is the smallest max_line allowed (RFC 2683 §3.2.1.5).
+	MinMaxLine = 8000
+	// MinIdleTimeout is the smallest idle_timeout allowed (RFC 9051 §5.4).
+	MinIdleTimeout = 30 * time.Minute
+)
+
+// TLSModeOrDefault returns l.TLS, or none if unset.
+func (l Listener) TLSModeOrDefault() TLSMode { return orDefault(l.TLS, TLSNone) }
+
+// CertFile returns l.Cert, or def.Cert if unset.
+func (l Listener) CertFile(def TLS) string { return orDefault(l.Cert, def.Cert) }
+
+// KeyFile returns l.Key, or def.Key if unset.
+func (l Listener) KeyFile(def TLS) string { return orDefault(l.Key, def.Key) }
+
+// MinVersionOrDefault returns t.MinVersion, or "1.2" if unset.
+func (t TLS) MinVersionOrDefault() string { return orDefault(t.MinVersion, DefaultTLSMinVersion) }
+
+// TLSModeOrDefault returns b.TLS, or none if unset.
+func (b Backend) TLSModeOrDefault() TLSMode { return orDefault(b.TLS, TLSNone) }
+
+// ServerNameOrDefault returns b.ServerName, or the host part of b.Address.
+func (b Backend) ServerNameOrDefault() string {
+	if b.ServerName != "" {
+		return b.ServerName
+	}
+	host, _, err := net.SplitHostPort(b.Address)
+	if err != nil {
+		return b.Address
+	}
+	return host
+}
+
+// MinVersionOrDefault returns b.MinVersion, or "1.2" if unset.
+func (b Backend) MinVersionOrDefault() string {
+	return orDefault(b.MinVersion, DefaultTLSMinVersion)
+}
+
+// DialTimeoutOrDefault returns b.DialTimeout, or 10s if unset.
+func (b Backend) DialTimeoutOrDefault() time.Duration {
+	return orDefault(b.DialTimeout.Duration, DefaultDialTimeout)
+}
+
+// MaxLineOrDefault returns l.MaxLine, or 65536 if unset.
+func (l Limits) MaxLineOrDefault() int { return orDefault(l.MaxLine, DefaultMaxLine) }
+
+// MaxLiteralOrDefault returns l.MaxLiteral, or 100 MiB if unset.
+func (l Limits) MaxLiteralOrDefault() int64 { return orDefault(l.MaxLiteral, DefaultMaxLiteral) }
+
+// PreauthTimeoutOrDefault returns l.PreauthTimeout, or 60s if unset.
+func (l Limits) PreauthTimeoutOrDefault() time.Duration {
+	return orDefault(l.PreauthTimeout.Duration, DefaultPreauthTimeout)
+}
+
+// IdleTimeoutOrDefault returns l.IdleTimeout, or 31m if unset.
+func (l Limits) IdleTimeoutOrDefault() time.Duration {
+	return orDefault(l.IdleTimeout.Duration, DefaultIdleTimeout)
+}
+
+// LockTimeoutOrDefault returns l.LockTimeout, or 30s if unset.
+func (l Limits) LockTimeoutOrDefault() time.Duration {
+	return orDefault(l.LockTimeout.Duration, DefaultLockTimeout)
+}
+
+// MaxBadCommandsOrDefault returns l.MaxBadCommands, or 3 if unset.
+func (l Limits) MaxBadCommandsOrDefault() int {
+	return orDefault(l.MaxBadCommands, DefaultMaxBadCommands)
+}
+
+// LevelOrDefault returns l.Level, or "info" if unset.
+func (l Log) LevelOrDefault() string { return orDefault(l.Level, DefaultLogLevel) }
+
+// FormatOrDefault returns l.Format, or "json" if unset.
+func (l Log) FormatOrDefault() string { return orDefault(l.Format, DefaultLogFormat) }
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Load reads and parses the file at path; see Parse.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes data, naming it name in errors. It rejects TOML syntax
+// errors, values of the wrong type, and unknown keys (including keys that
+// differ from a known one only in case), each reported as
+// "name:line: message"; all such problems are joined into one error. Parse
+// does not fill defaults or Validate.
+func Parse(name string, data []byte) (*Config, error) {
+	if name == "" {
+		name = "config"
+	}
+	src := string(data)
+	// Syntax first, alone, so that its errors are not confused with the
+	// type errors of decoding into Config.
+	var syntax map[string]any
+	if _, err := toml.Decode(src, &syntax); err != nil {
+		return nil, syntaxError(name, err)
+	}
+	entries := scanKeys(data)
+
+	c := &Config{file: name, lines: make(map[string]int, len(entries))}
+	for _, e := range entries {
+		c.lines[e.indexed()] = e.line
+	}
+	md, err := toml.Decode(src, c)
+	problems := checkSchema(name, entries)
+	if err != nil {
+		if len(problems) == 0 {
+			problems = append(problems, problem{msg: fmt.Sprintf("%s: %v", name, err)})
+		}
+		return nil, joinProblems(problems)
+	}
+	problems = append(problems, undecodedProblems(name, md.Undecoded(), entries, problems)...)
+	if len(problems) > 0 {
+		return nil, joinProblems(problems)
+	}
+	return c, nil
+}
+
+// Default returns the built-in configuration: one plain listener on
+// 127.0.0.1:1143, one backend "local" at 127.0.0.1:143, a default route to
+// it, and JSON logs at info level. It panics if the embedded file does not
+// parse, which the package's tests rule out.
+func Default() *Config {
+	c, err := Parse("default.toml", defaultTOML)
+	if err != nil {
+		panic("configs: embedded default.toml: " + err.Error())
+	}
+	return c
+}
+
+// File returns the name the configuration was parsed under, or "" for a
+// Config built in code.
+func (c *Config) File() string { return c.file }
+
+// Router compiles the routes; Validate reports the same errors with their
+// lines.
+func (c *Config) Router() (*rules.Router, error) {
+	rs := make([]rules.Route, len(c.Routes))
+	for i, r := range c.Routes {
+		rs[i] = rules.Route{User: r.User, Regex: r.Regex, Domain: r.Domain, Default: r.Default, Backend: r.Backend}
+	}
+	return rules.NewRouter(rs)
+}
+
+// Backend returns the backend called name.
+func (c *Config) Backend(name string) (Backend, bool) {
+	for _, b := range c.Backends {
+		if b.Name == name {
+			return b, true
+		}
+	}
+	return Backend{}, false
+}
+
+// Effective returns a deep copy of c with every default written out: what
+// the accessor methods return becomes the field's value. Listener cert and
+// key are filled from [tls] only for listeners that use TLS, and a backend's
+// server_name and min_version only for backends that use TLS, so that the
+// result still passes Validate.
+func (c *Config) Effective() *Config {
+	e := *c
+	e.Listeners = slices.Clone(c.Listeners)
+	e.Backends = slices.Clone(c.Backends)
+	e.Routes = slices.Clone(c.Routes)
+
+	for i := range e.Listeners {
+		l := &e.Listeners[i]
+		l.TLS = l.TLSModeOrDefault()
+		if l.TLS != TLSNone {
+			l.Cert, l.Key = l.CertFile(c.TLS), l.KeyFile(c.TLS)
+		}
+	}
+	e.TLS.MinVersion = e.TLS.MinVersionOrDefault()
+	for i := range e.Backends {
+		b := &e.Backends[i]
+		b.TLS = b.TLSModeOrDefault()
+		if b.TLS != TLSNone {
+			b.ServerName = b.ServerNameOrDefault()
+			b.MinVersion = b.MinVersionOrDefault()
+		}
+		b.DialTimeout.Duration = b.DialTimeoutOrDefault()
+	}
+	l := &e.Limits
+	l.MaxLine = l.MaxLineOrDefault()
+	l.MaxLiteral = l.MaxLiteralOrDefault()
+	l.PreauthTimeout.Duration = l.PreauthTimeoutOrDefault()
+	l.IdleTimeout.Duration = l.IdleTimeoutOrDefault()
+	l.LockTimeout.Duration = l.LockTimeoutOrDefault()
+	l.MaxBadCommands = l.MaxBadCommandsOrDefault()
+	e.Log.Level = e.Log.LevelOrDefault()
+	e.Log.Format = e.Log.FormatOrDefault()
+	return &e
+}
+
+// Encode writes the effective configuration (c.Effective()) as TOML, for
+// `uidgate check-config`. Parsing the output gives back c.Effective().
+func (c *Config) Encode(w io.Writer) error {
+	enc := toml.NewEncoder(w)
+	enc.Indent = ""
+	return enc.Encode(c.Effective())
+}

@@ -1,0 +1,338 @@
+package configs
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"uidgate/rules"
+)
+
+// MaxMaxLine caps max_line: a line is held in memory while it is parsed.
+const MaxMaxLine = 16 << 20
+
+// Validate checks c and returns every problem found, joined with
+// errors.Join, or nil. Each problem reads "file:line: key: what is wrong"
+// (without file:line for a Config not made by Parse or Load, and with the
+// line of the enclosing table when the key itself is missing). It reads the
+// certificate, key and CA files named in c.
+func (c *Config) Validate() error {
+	v := &validator{c: c}
+	v.listeners()
+	v.tlsDefaults()
+	names := v.backends()
+	v.routes(names)
+	v.limits()
+	v.log()
+	return joinProblems(v.problems)
+}
+
+type validator struct {
+	c        *Config
+	problems []problem
+}
+
+// add records a problem with key, placed at key's line or its nearest
+// ancestor's.
+func (v *validator) add(key, format string, args ...any) {
+	line := v.c.lineOf(key)
+	var where string
+	switch {
+	case v.c.file != "" && line > 0:
+		where = fmt.Sprintf("%s:%d: ", v.c.file, line)
+	case v.c.file != "":
+		where = v.c.file + ": "
+	}
+	v.problems = append(v.problems, problem{line: line, key: key,
+		msg: where + key + ": " + fmt.Sprintf(format, args...)})
+}
+
+// lineOf returns the line of key, or of its nearest ancestor written in the
+// file, or 0.
+func (c *Config) lineOf(key string) int {
+	for k := key; k != ""; {
+		if l, ok := c.lines[k]; ok {
+			return l
+		}
+		i := strings.LastIndexByte(k, '.')
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
+}
+
+// has reports whether key was written in the file.
+func (c *Config) has(key string) bool {
+	_, ok := c.lines[key]
+	return ok
+}
+
+func (v *validator) listeners() {
+	c := v.c
+	if len(c.Listeners) == 0 {
+		v.add("listener", "at least one [[listener]] is required")
+	}
+	addrs := make(map[string]int)
+	for i, l := range c.Listeners {
+		k := fmt.Sprintf("listener.%d", i)
+		switch err := checkHostPort(l.Address, false); {
+		case err != nil:
+			v.add(k+".address", "%v", err)
+		default:
+			if j, dup := addrs[l.Address]; dup {
+				v.add(k+".address", "%q is also listener.%d's address", l.Address, j)
+			} else {
+				addrs[l.Address] = i
+			}
+		}
+		mode := l.TLSModeOrDefault()
+		if !mode.valid() {
+			v.add(k+".tls", "%q: want \"none\", \"starttls\" or \"implicit\"", l.TLS)
+			continue
+		}
+		if l.RequireTLS && mode != TLSStartTLS {
+			v.add(k+".require_tls", "only applies to tls = \"starttls\", not %q", mode)
+		}
+		if mode == TLSNone {
+			// Probably a listener the writer believes is encrypted.
+			if l.Cert != "" {
+				v.add(k+".cert", "set, but tls = \"none\": set tls = \"starttls\" or \"implicit\", or remove it")
+			}
+			if l.Key != "" {
+				v.add(k+".key", "set, but tls = \"none\": set tls = \"starttls\" or \"implicit\", or remove it")
+			}
+			continue
+		}
+		certKey, keyKey := k+".cert", k+".key"
+		if l.Cert == "" && c.TLS.Cert != "" {
+			certKey = "tls.cert"
+		}
+		if l.Key == "" && c.TLS.Key != "" {
+			keyKey = "tls.key"
+		}
+		v.keyPair(mode, certKey, l.CertFile(c.TLS), keyKey, l.KeyFile(c.TLS))
+	}
+}
+
+// keyPair checks that a certificate and key are named, exist and match.
+func (v *validator) keyPair(mode TLSMode, certKey, certFile, keyKey, keyFile string) {
+	ok := true
+	for _, f := range []struct{ key, file string }{{certKey, certFile}, {keyKey, keyFile}} {
+		if f.file == "" {
+			v.add(f.key, "required with tls = %q (set it here or in [tls])", mode)
+			ok = false
+		} else if err := checkFile(f.file); err != nil {
+			v.add(f.key, "%v", err)
+			ok = false
+		}
+	}
+	if !ok {
+		return
+	}
+	if _, err := tls.LoadX509KeyPair(certFile, keyFile); err != nil {
+		v.add(certKey, "%s and %s: %v", certFile, keyFile, err)
+	}
+}
+
+func checkFile(name string) error {
+	fi, err := os.Stat(name)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		return fmt.Errorf("%s is a directory", name)
+	}
+	return nil
+}
+
+// checkHostPort checks a host:port address with a numeric port. A backend
+// needs a host and a non-zero port; a listener may leave the host empty
+// (all interfaces) or use port 0 (any free port).
+func checkHostPort(addr string, backend bool) error {
+	if addr == "" {
+		return errors.New("required")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port: %v", addr, err)
+	}
+	if backend && host == "" {
+		return fmt.Errorf("%q: missing host", addr)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if backend && n == 0 {
+		return fmt.Errorf("%q: port 0", addr)
+	}
+	return nil
+}
+
+func (v *validator) tlsDefaults() {
+	if mv := v.c.TLS.MinVersion; mv != "" && mv != "1.2" && mv != "1.3" {
+		v.add("tls.min_version", "%q: want \"1.2\" or \"1.3\"", mv)
+	}
+}
+
+// backends checks the backends and returns the set of their names.
+func (v *validator) backends() map[string]bool {
+	c := v.c
+	if len(c.Backends) == 0 {
+		v.add("backend", "at least one [[backend]] is required")
+	}
+	names := make(map[string]bool)
+	first := make(map[string]int)
+	for i, b := range c.Backends {
+		k := fmt.Sprintf("backend.%d", i)
+		switch j, dup := first[b.Name]; {
+		case b.Name == "":
+			v.add(k+".name", "required")
+		case dup:
+			v.add(k+".name", "%q is also backend.%d's name", b.Name, j)
+		default:
+			first[b.Name] = i
+			names[b.Name] = true
+		}
+		if err := checkHostPort(b.Address, true); err != nil {
+			v.add(k+".address", "%v", err)
+		}
+		if b.DialTimeout.Duration < 0 || b.DialTimeout.Duration == 0 && c.has(k+".dial_timeout") {
+			v.add(k+".dial_timeout", "%s: must be positive", b.DialTimeout)
+		}
+		mode := b.TLSModeOrDefault()
+		if !mode.valid() {
+			v.add(k+".tls", "%q: want \"none\", \"starttls\" or \"implicit\"", b.TLS)
+			continue
+		}
+		if mode == TLSNone {
+			for _, f := range []struct {
+				key string
+				set bool
+			}{
+				{"ca_file", b.CAFile != ""},
+				{"server_name", b.ServerName != ""},
+				{"insecure_skip_verify", b.InsecureSkipVerify},
+				{"min_version", b.MinVersion != ""},
+			} {
+				if f.set {
+					v.add(k+"."+f.key, "has no effect with tls = \"none\"")
+				}
+			}
+			continue
+		}
+		if _, err := tlsVersion(b.MinVersionOrDefault(), true); err != nil {
+			v.add(k+".min_version", "%v", err)
+		}
+		if b.CAFile != "" {
+			if b.InsecureSkipVerify {
+				v.add(k+".ca_file", "has no effect with insecure_skip_verify = true")
+			} else if _, err := loadCAFile(b.CAFile); err != nil {
+				v.add(k+".ca_file", "%v", err)
+			}
+		}
+	}
+	return names
+}
+
+func (v *validator) routes(backends map[string]bool) {
+	c := v.c
+	if len(c.Routes) == 0 {
+		v.add("route", "at least one [[route]] is required (a route with default = true sends everyone to one backend)")
+	}
+	if _, err := c.Router(); err != nil {
+		errs := []error{err}
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			errs = j.Unwrap()
+		}
+		for _, e := range errs {
+			var re *rules.RouteError
+			if !errors.As(e, &re) {
+				v.add("route", "%v", e)
+				continue
+			}
+			k := fmt.Sprintf("route.%d", re.Index)
+			if re.Field != "" {
+				k += "." + re.Field
+			}
+			v.add(k, "%v", re.Err)
+		}
+	}
+	known := make([]string, 0, len(backends))
+	for n := range backends {
+		known = append(known, strconv.Quote(n))
+	}
+	sort.Strings(known)
+	firstDefault := -1
+	for i, r := range c.Routes {
+		k := fmt.Sprintf("route.%d", i)
+		if r.Backend != "" && !backends[r.Backend] {
+			v.add(k+".backend", "unknown backend %q (backends: %s)", r.Backend, strings.Join(known, ", "))
+		}
+		if firstDefault >= 0 {
+			v.add(k, "unreachable: route.%d (default = true) matches every user first", firstDefault)
+		} else if r.Default {
+			firstDefault = i
+		}
+	}
+}
+
+func (v *validator) limits() {
+	c, l := v.c, v.c.Limits
+	set := func(key string, zero bool) bool { return !zero || c.has("limits."+key) }
+	if set("max_line", l.MaxLine == 0) && (l.MaxLine < MinMaxLine || l.MaxLine > MaxMaxLine) {
+		v.add("limits.max_line", "%d: want %d to %d (RFC 2683 §3.2.1.5 asks for at least %d)", l.MaxLine, MinMaxLine, MaxMaxLine, MinMaxLine)
+	}
+	if set("max_literal", l.MaxLiteral == 0) && l.MaxLiteral < 1 {
+		v.add("limits.max_literal", "%d: must be positive", l.MaxLiteral)
+	}
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{{"preauth_timeout", l.PreauthTimeout.Duration}, {"lock_timeout", l.LockTimeout.Duration}} {
+		if set(d.key, d.d == 0) && d.d <= 0 {
+			v.add("limits."+d.key, "%s: must be positive", formatDuration(d.d))
+		}
+	}
+	if set("idle_timeout", l.IdleTimeout.Duration == 0) && l.IdleTimeout.Duration < MinIdleTimeout {
+		v.add("limits.idle_timeout", "%s: must be at least %s (RFC 9051 §5.4)", l.IdleTimeout, formatDuration(MinIdleTimeout))
+	}
+	if set("max_bad_commands", l.MaxBadCommands == 0) && l.MaxBadCommands < 1 {
+		v.add("limits.max_bad_commands", "%d: must be at least 1", l.MaxBadCommands)
+	}
+}
+
+func (v *validator) log() {
+	switch lv := v.c.Log.LevelOrDefault(); lv {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		v.add("log.level", "%q: want \"trace\", \"debug\", \"info\", \"warn\" or \"error\"", lv)
+	}
+	switch f := v.c.Log.FormatOrDefault(); f {
+	case "json", "console":
+	default:
+		v.add("log.format", "%q: want \"json\" or \"console\"", f)
+	}
+}
+
+// loadCAFile reads a PEM bundle of CA certificates.
+func loadCAFile(name string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate found", name)
+	}
+	return pool, nil
+}
