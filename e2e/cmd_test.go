@@ -1,0 +1,168 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildUidgate compiles cmd/uidgate into a temporary directory.
+func buildUidgate(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "uidgate")
+	out, err := exec.Command("go", "build", "-o", bin, "uidgate/cmd/uidgate").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestServeBinary runs `uidgate serve -config FILE` as a process in front
+// of Dovecot, logs in through it with a routed user, and stops it with
+// SIGTERM: the client gets BYE, the process exits 0, and its JSON log has
+// session lines without the password.
+func TestServeBinary(t *testing.T) {
+	checkNoLeaks(t)
+	bin := buildUidgate(t)
+	be := startBackend(t, "dovecot")
+	listen := freePort(t)
+	cfg := filepath.Join(t.TempDir(), "uidgate.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`
+[[listener]]
+address = %q
+
+[[backend]]
+name = "dovecot"
+address = %q
+
+[[backend]]
+name = "nowhere"
+address = "127.0.0.1:1"
+dial_timeout = "2s"
+
+[[route]]
+user = "carol*"
+backend = "nowhere"
+
+[[route]]
+domain = "example.org"
+backend = "nowhere"
+
+[[route]]
+default = true
+backend = "dovecot"
+
+[log]
+level = "debug"
+`, listen, be.Addr)), 0o600)
+
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "serve", "-config", cfg)
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	var conn net.Conn
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var err error
+		if conn, err = net.Dial("tcp", listen); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uidgate did not listen: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond) // polling for start-up
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	read := func() string {
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		l, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("read: %v (%q)\n%s", err, l, logs.String())
+		}
+		return l
+	}
+	if g := read(); !strings.HasPrefix(g, "* OK [CAPABILITY IMAP4rev1") {
+		t.Fatalf("greeting %q", g)
+	}
+	// A route to an unreachable backend: NO [UNAVAILABLE].
+	fmt.Fprintf(conn, "a1 LOGIN carol x\r\n")
+	if l := read(); !strings.HasPrefix(l, "a1 NO [UNAVAILABLE]") {
+		t.Errorf("unreachable backend answered %q", l)
+	}
+	fmt.Fprintf(conn, "a2 LOGIN alice %s\r\n", testUsers["alice"])
+	if l := read(); !strings.HasPrefix(l, "a2 OK [CAPABILITY IMAP4rev1") {
+		t.Fatalf("login answered %q", l)
+	}
+	fmt.Fprintf(conn, "a3 SELECT INBOX\r\n")
+	for l := read(); !strings.HasPrefix(l, "a3 "); l = read() {
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if l := read(); !strings.HasPrefix(l, "* BYE") {
+		t.Errorf("on SIGTERM the client got %q, want BYE", l)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("uidgate exited with %v\n%s", err, logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("uidgate did not exit after SIGTERM")
+	}
+	out := logs.String()
+	for _, want := range []string{`"message":"session end"`, `"user":"alice"`, `"backend":"dovecot"`, `"bytes_in"`, `"message":"listening"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, testUsers["alice"]) {
+		t.Errorf("password in log")
+	}
+}
+
+// TestCheckConfig: the effective config for a good file, every error with
+// file:line for a bad one.
+func TestCheckConfig(t *testing.T) {
+	bin := buildUidgate(t)
+	out, err := exec.Command(bin, "check-config", "../configs/default.toml").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `address = "127.0.0.1:1143"`) || !strings.Contains(string(out), "idle_timeout") {
+		t.Errorf("check-config default: %v\n%s", err, out)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	os.WriteFile(bad, []byte("[[listener]]\naddress = \"127.0.0.1:1143\"\n\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:143\"\n\n[[route]]\ndefault = true\nbackend = \"b\"\n"), 0o600)
+	out, err = exec.Command(bin, "check-config", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), bad+":10:") || !strings.Contains(string(out), `"b"`) {
+		t.Errorf("check-config with a route to a missing backend: %v\n%s", err, out)
+	}
+}
