@@ -12,8 +12,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+
 	"uidgate/proxy/imapwire"
 	"uidgate/rules"
+	"uidgate/sessionmap"
 )
 
 // cmdKind is what the relay needs to know of a command in flight.
@@ -27,15 +30,80 @@ const (
 	cmdUnselect
 	cmdIdle
 	cmdLogout
+	cmdFetch
+	cmdStore
+	cmdCopy
+	cmdMove
+	cmdSearch
+	cmdSort
+	cmdThread
+	cmdEnable
 )
 
-// selectNameMax bounds a SELECT/EXAMINE mailbox literal read into memory
-// to learn the selected mailbox.
-const selectNameMax = 4 << 10
+// injectKind marks commands uidgate sends for itself.
+type injectKind uint8
+
+const (
+	injectNone    injectKind = iota
+	injectBuild              // UID SEARCH ALL after SELECT: load the map
+	injectResync             // UID SEARCH ALL for a legacy backend: diff
+	injectResolve            // UID FETCH n:* (UID): learn new messages' UIDs
+)
+
+const (
+	// selectNameMax bounds a SELECT/EXAMINE mailbox literal read into
+	// memory to learn the selected mailbox.
+	selectNameMax = 4 << 10
+	// maxRewriteCommand bounds a command collected whole to be rewritten
+	// (its literals included): sequence sets and search programs.
+	maxRewriteCommand = 1 << 20
+	// injectTagPrefix starts the tags of uidgate's own commands. A client
+	// tag that starts with it is renamed on the way up (see upTag).
+	injectTagPrefix = "UG."
+	// clientTagEscape replaces injectTagPrefix in a colliding client tag.
+	clientTagEscape = "UGC."
+	// upstreamMaxLine bounds a backend line: "* SEARCH" of a large
+	// mailbox without ESEARCH is one long line (7 MB at 1,000,000 UIDs).
+	upstreamMaxLine = 64 << 20
+)
 
 type pendingCmd struct {
-	kind    cmdKind
-	mailbox string
+	kind      cmdKind
+	mailbox   string
+	clientTag string // the client's tag when it differs from the upstream one
+	inject    injectKind
+	// rewritten: sent in UID form; numbers in its responses are UIDs.
+	rewritten bool
+	// forbidsExpunge: RFC 3501 §7.4.1, RFC 9051 §7.5.1 — no EXPUNGE may be
+	// sent while it is in progress (FETCH, STORE, SEARCH, and with them
+	// SORT and THREAD, whose results are message numbers too).
+	forbidsExpunge bool
+	wantsUID       bool // keep UID items in FETCH responses
+	resultsAreUIDs bool // its SEARCH/SORT/THREAD/ESEARCH results need mapping
+	esearch        bool // RETURN options: results come as ESEARCH
+}
+
+// selState is where a selection is in its life.
+type selState uint8
+
+const (
+	selPending  selState = iota + 1 // SELECT sent; responses held
+	selBuilding                     // SELECT OK held; map being built
+	selReady                        // map built: normalizing
+)
+
+// selection is the selected mailbox with its msgno↔UID map.
+type selection struct {
+	m        *sessionmap.Map
+	legacy   bool
+	state    selState
+	dirty    bool // legacy: resync by UID before the next command
+	loaded   bool // the build's UID list arrived
+	held     [][]byte
+	heldOK   []byte
+	tag      string // the SELECT's upstream tag
+	readOnly bool
+	validity uint32 // UIDVALIDITY announced by the SELECT
 }
 
 // litDecision is the backend's answer to a synchronizing literal sent to a
@@ -45,20 +113,35 @@ type litDecision bool
 // relayState is shared by the two relay goroutines under mu.
 type relayState struct {
 	mu       sync.Mutex
+	cond     *sync.Cond // broadcast on every tagged response and at the end
 	tags     map[string]pendingCmd
 	selected string // mailbox as the client named it; "" when none
 	readOnly bool
 	exists   uint32
+	sel      *selection
+	prevSel  *selection
 	idleTag  string // IDLE sent, continuation not yet seen
 	idling   bool   // backend said "+": the next client line is DONE
 	// litWait, when set, is the tag of a command whose synchronizing
 	// literal waits for the backend's "+"; litPass says whether that "+"
 	// goes to the client (it sent a synchronizing literal itself).
-	litWait   string
-	litPass   bool
-	litCh     chan litDecision
-	byeSeen   bool
-	logoutTag string // LOGOUT answered: the session ends
+	litWait    string
+	litPass    bool
+	litCh      chan litDecision
+	midCommand bool     // the client goroutine is sending a command's parts
+	searchQ    []string // tags whose untagged SEARCH/SORT/THREAD need mapping, in order
+	injectN    int
+	injected   string // tag of the injected command in flight
+	injectList []uint32
+	injectSet  imap.UIDSet
+	injectES   bool
+	byeSeen    bool
+	logoutTag  string // LOGOUT answered: the session ends
+	ended      bool
+	legacy     bool
+	esearch    bool   // backend has ESEARCH (RFC 4731)
+	toSend     []byte // uidgate's own command to send after a response
+	fatal      string // the session must end with this BYE text
 }
 
 func (rs *relayState) isLogoutTag(tag []byte) bool {
@@ -82,8 +165,16 @@ func (rs *relayState) snapshot() State {
 
 func (ss *session) relay(ctx context.Context) {
 	ss.conn.SetDeadline(time.Time{})
-	rs := &relayState{tags: make(map[string]pendingCmd), litCh: make(chan litDecision, 1)}
+	rs := &relayState{
+		tags:    make(map[string]pendingCmd),
+		litCh:   make(chan litDecision, 1),
+		legacy:  ss.legacy,
+		esearch: ss.up.HasCap("ESEARCH"),
+	}
+	rs.cond = sync.NewCond(&rs.mu)
 	ss.rs = rs
+	ss.uw = bufio.NewWriterSize(ss.up.Conn, writeBufSize)
+	ss.up.R.SetMaxLine(upstreamMaxLine)
 	done := make(chan error, 2)
 	go func() { done <- ss.clientToUpstream(rs) }()
 	go func() { done <- ss.upstreamToClient(rs) }()
@@ -93,16 +184,41 @@ func (ss *session) relay(ctx context.Context) {
 		ss.log.Warn().Err(err).Msg("relay ended")
 	}
 	ss.closeAll()
+	rs.mu.Lock()
+	rs.ended = true
+	rs.cond.Broadcast()
+	rs.mu.Unlock()
 	<-done
 }
 
-// clientToUpstream forwards the client's commands. It is the only writer
-// to the backend connection.
+// writeUp writes to the backend; flush sends it.
+func (ss *session) writeUp(b []byte, flush bool) error {
+	ss.upMu.Lock()
+	defer ss.upMu.Unlock()
+	if _, err := ss.uw.Write(b); err != nil {
+		return err
+	}
+	if flush {
+		return ss.uw.Flush()
+	}
+	return nil
+}
+
+// upTag is the tag a client command carries upstream: its own, unless it
+// could be mistaken for one of uidgate's.
+func upTag(tag string) string {
+	if strings.HasPrefix(tag, injectTagPrefix) {
+		return clientTagEscape + tag[len(injectTagPrefix):]
+	}
+	return tag
+}
+
+// clientToUpstream forwards the client's commands; the backend is written
+// only from here, except for the map build that follows a SELECT, which
+// runs while this goroutine waits (see barrier).
 func (ss *session) clientToUpstream(rs *relayState) (err error) {
 	defer ss.recoverInto(&err)
-	up := ss.up
-	uw := bufio.NewWriterSize(up.Conn, writeBufSize)
-	literalPlus := up.HasCap("LITERAL+")
+	literalPlus := ss.up.HasCap("LITERAL+")
 	for {
 		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.idleTimeout()))
 		line, err := ss.cr.ReadLine()
@@ -117,7 +233,7 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		rs.mu.Unlock()
 		if idling {
 			// RFC 9051 §6.3.13: the line after "+" ends IDLE ("DONE").
-			if err := writeUp(uw, line, true); err != nil {
+			if err := ss.writeUp(line, true); err != nil {
 				return err
 			}
 			continue
@@ -135,80 +251,149 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		tag := string(cmd.Tag)
 		ss.traceCommand(line, cmd.Name)
 		if refusal := refused(cmd); refusal != "" {
-			if lit, has := imapwire.TrailingLiteral(line); has && !lit.Sync {
-				ss.sendf("%s BAD %s", tag, refusal)
-				ss.bye("Cannot skip a refused command's literal")
-				return nil
-			}
-			ss.sendf("%s BAD %s", tag, refusal)
-			continue
-		}
-		pc := pendingCmd{kind: kindOf(cmd)}
-		if pc.kind == cmdSelect || pc.kind == cmdExamine {
-			pc.mailbox, _ = imapwire.NewDecoder(line[cmd.Args:]).AString()
-		}
-		rs.mu.Lock()
-		rs.tags[tag] = pc
-		if pc.kind == cmdIdle {
-			rs.idleTag = tag
-		}
-		rs.mu.Unlock()
-
-		// Forward the command: each line, and each literal it announces.
-		first := true
-		for {
-			lit, has := imapwire.TrailingLiteral(line)
-			if !has {
-				if err := writeUp(uw, line, ss.cr.Buffered() == 0); err != nil {
-					return err
-				}
-				break
-			}
-			if lit.Size > ss.srv.maxLiteral() {
-				if !first {
-					// Earlier parts are with the backend already; the
-					// command cannot be withdrawn, so the session ends.
-					ss.sendf("%s NO [TOOBIG] Literal too large", tag)
-					ss.bye("Literal too large")
-					return nil
-				}
-				rs.forget(tag)
-				if !lit.Sync {
-					ss.endOnReadError(errLiteralTooBig, line)
-					return nil
-				}
-				// RFC 9051 §7.1: no "+" was sent, so the client sends nothing.
-				ss.sendf("%s NO [TOOBIG] Literal too large", tag)
-				break
-			}
-			if (pc.kind == cmdSelect || pc.kind == cmdExamine) && first && lit.Size <= selectNameMax {
-				name, err := ss.readSmallLiteral(lit)
-				if err != nil {
-					return err
-				}
-				pc.mailbox = string(name)
-				rs.mu.Lock()
-				rs.tags[tag] = pc
-				rs.mu.Unlock()
-				if err := ss.forwardLiteral(rs, uw, tag, line, lit, literalPlus, bytes.NewReader(name)); err != nil {
-					return err
-				}
-			} else {
-				if lit.Sync && literalPlus {
-					ss.sendf("+ Ready for literal")
-				}
-				if err := ss.forwardLiteral(rs, uw, tag, line, lit, literalPlus, nil); err != nil {
-					return err
-				}
-			}
-			first = false
-			if line, err = ss.cr.ReadLine(); err != nil {
-				ss.endOnReadError(err, line)
+			if err := ss.answerUnsent(tag, "BAD "+refusal, line); err != nil {
 				return err
 			}
-			ss.bytesIn.Add(int64(len(line)))
+			continue
+		}
+		kind := kindOf(cmd)
+		if kind != cmdLogout {
+			// A legacy backend's numbers are never trusted: after it
+			// reported EXPUNGE/EXISTS, learn the truth by UID first.
+			if err := ss.resyncIfDirty(rs); err != nil {
+				return err
+			}
+		}
+		if ss.needsRewrite(rs, cmd, kind) {
+			if err := ss.rewriteAndSend(rs, cmd, kind, line, literalPlus); err != nil {
+				return err
+			}
+			continue
+		}
+		if kind == cmdEnable {
+			line = filterEnable(line, cmd)
+		}
+		pc := pendingCmd{kind: kind, wantsUID: cmd.UID}
+		if kind == cmdClose {
+			// RFC 9051 §6.4.1: CLOSE sends no EXPUNGE responses.
+			pc.forbidsExpunge = true
+		}
+		if kind == cmdSelect || kind == cmdExamine {
+			pc.mailbox, _ = imapwire.NewDecoder(line[cmd.Args:]).AString()
+			// A SELECT changes what numbers mean: let what is in flight
+			// finish first, and build the new map before anything follows.
+			if err := ss.barrier(rs); err != nil {
+				return err
+			}
+		}
+		up := upTag(tag)
+		if up != tag {
+			pc.clientTag = tag
+			line = append([]byte(up), line[len(tag):]...)
+		}
+		rs.mu.Lock()
+		rs.tags[up] = pc
+		if pc.kind == cmdIdle {
+			rs.idleTag = up
+		}
+		if pc.kind == cmdSelect || pc.kind == cmdExamine {
+			rs.prevSel = rs.sel
+			rs.sel = &selection{m: sessionmap.New(), legacy: rs.legacy, state: selPending, tag: up}
+		}
+		rs.mu.Unlock()
+		if err := ss.forwardCommand(rs, up, pc, line, literalPlus); err != nil {
+			return err
+		}
+		if pc.kind == cmdSelect || pc.kind == cmdExamine {
+			if err := ss.barrier(rs); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// answerUnsent answers a command uidgate does not send. A non-synchronizing
+// literal's bytes follow regardless and cannot be skipped unread: the
+// session ends then.
+func (ss *session) answerUnsent(tag, answer string, line []byte) error {
+	if lit, has := imapwire.TrailingLiteral(line); has && !lit.Sync {
+		ss.sendf("%s %s", tag, answer)
+		ss.bye("Cannot skip a refused command's literal")
+		return net.ErrClosed
+	}
+	ss.sendf("%s %s", tag, answer)
+	return nil
+}
+
+// forwardCommand sends a command as it came: each line, and each literal
+// it announces, streamed.
+func (ss *session) forwardCommand(rs *relayState, tag string, pc pendingCmd, line []byte, literalPlus bool) error {
+	first := true
+	defer func() {
+		rs.mu.Lock()
+		rs.midCommand = false
+		rs.mu.Unlock()
+	}()
+	for {
+		lit, has := imapwire.TrailingLiteral(line)
+		if !has {
+			return ss.writeUp(line, ss.cr.Buffered() == 0)
+		}
+		if lit.Size > ss.srv.maxLiteral() {
+			if !first {
+				// Earlier parts are with the backend already; the
+				// command cannot be withdrawn, so the session ends.
+				ss.sendf("%s NO [TOOBIG] Literal too large", tagOrClient(pc, tag))
+				ss.bye("Literal too large")
+				return net.ErrClosed
+			}
+			rs.forget(tag)
+			if !lit.Sync {
+				ss.endOnReadError(errLiteralTooBig, line)
+				return net.ErrClosed
+			}
+			// RFC 9051 §7.1: no "+" was sent, so the client sends nothing.
+			ss.sendf("%s NO [TOOBIG] Literal too large", tagOrClient(pc, tag))
+			return nil
+		}
+		rs.mu.Lock()
+		rs.midCommand = true
+		rs.mu.Unlock()
+		if (pc.kind == cmdSelect || pc.kind == cmdExamine) && first && lit.Size <= selectNameMax {
+			name, err := ss.readSmallLiteral(lit)
+			if err != nil {
+				return err
+			}
+			pc.mailbox = string(name)
+			rs.mu.Lock()
+			rs.tags[tag] = pc
+			rs.mu.Unlock()
+			if err := ss.forwardLiteral(rs, tag, line, lit, literalPlus, bytes.NewReader(name)); err != nil {
+				return err
+			}
+		} else {
+			if lit.Sync && literalPlus {
+				ss.sendf("+ Ready for literal")
+			}
+			if err := ss.forwardLiteral(rs, tag, line, lit, literalPlus, nil); err != nil {
+				return err
+			}
+		}
+		first = false
+		var err error
+		if line, err = ss.cr.ReadLine(); err != nil {
+			ss.endOnReadError(err, line)
+			return err
+		}
+		ss.bytesIn.Add(int64(len(line)))
+	}
+}
+
+func tagOrClient(pc pendingCmd, tag string) string {
+	if pc.clientTag != "" {
+		return pc.clientTag
+	}
+	return tag
 }
 
 // readSmallLiteral reads a literal the relay needs to see, answering "+"
@@ -229,7 +414,7 @@ func (ss *session) readSmallLiteral(lit imapwire.Literal) ([]byte, error) {
 // (RFC 7888); otherwise the backend's "+" is awaited. If the backend
 // refuses instead, the literal and the rest of the command are read from
 // the client and dropped: the refusal already went to the client.
-func (ss *session) forwardLiteral(rs *relayState, uw *bufio.Writer, tag string, line []byte, lit imapwire.Literal, literalPlus bool, body io.Reader) error {
+func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit imapwire.Literal, literalPlus bool, body io.Reader) error {
 	out := lit
 	out.Sync = !literalPlus
 	buf := append(append([]byte(nil), line[:lit.Start]...), imapwire.AppendLiteralHeader(nil, out)...)
@@ -238,7 +423,7 @@ func (ss *session) forwardLiteral(rs *relayState, uw *bufio.Writer, tag string, 
 		rs.litWait, rs.litPass = tag, lit.Sync && body == nil
 		rs.mu.Unlock()
 	}
-	if err := writeUp(uw, buf, true); err != nil {
+	if err := ss.writeUp(buf, true); err != nil {
 		return err
 	}
 	if out.Sync {
@@ -252,10 +437,12 @@ func (ss *session) forwardLiteral(rs *relayState, uw *bufio.Writer, tag string, 
 		}
 	}
 	if body != nil {
-		_, err := io.Copy(uw, body)
-		return err
+		b, _ := io.ReadAll(body) // bounded by selectNameMax
+		return ss.writeUp(b, false)
 	}
-	if err := uw.Flush(); err != nil {
+	ss.upMu.Lock()
+	defer ss.upMu.Unlock()
+	if err := ss.uw.Flush(); err != nil {
 		return err
 	}
 	ss.cr.Expect(lit.Size)
@@ -291,16 +478,6 @@ func (ss *session) discardRest(lit imapwire.Literal, body io.Reader) error {
 	}
 }
 
-func writeUp(uw *bufio.Writer, b []byte, flush bool) error {
-	if _, err := uw.Write(b); err != nil {
-		return err
-	}
-	if flush {
-		return uw.Flush()
-	}
-	return nil
-}
-
 func (rs *relayState) forget(tag string) {
 	rs.mu.Lock()
 	delete(rs.tags, tag)
@@ -317,6 +494,8 @@ func refused(cmd imapwire.Command) string {
 		return "COMPRESS is not supported by uidgate"
 	case imapwire.EqualFold(cmd.Name, "NOTIFY"):
 		return "NOTIFY is not supported by uidgate"
+	case imapwire.EqualFold(cmd.Name, "REPLACE") && !cmd.UID:
+		return "REPLACE is not supported by uidgate"
 	case imapwire.EqualFold(cmd.Name, "AUTHENTICATE"), imapwire.EqualFold(cmd.Name, "LOGIN"):
 		// RFC 9051 §6.2: only valid in the not-authenticated state.
 		return "Already authenticated"
@@ -325,6 +504,22 @@ func refused(cmd imapwire.Command) string {
 }
 
 func kindOf(cmd imapwire.Command) cmdKind {
+	switch n := cmd.Name; {
+	case imapwire.EqualFold(n, "FETCH"):
+		return cmdFetch
+	case imapwire.EqualFold(n, "STORE"):
+		return cmdStore
+	case imapwire.EqualFold(n, "COPY"):
+		return cmdCopy
+	case imapwire.EqualFold(n, "MOVE"):
+		return cmdMove
+	case imapwire.EqualFold(n, "SEARCH"):
+		return cmdSearch
+	case imapwire.EqualFold(n, "SORT"):
+		return cmdSort
+	case imapwire.EqualFold(n, "THREAD"):
+		return cmdThread
+	}
 	if cmd.UID {
 		return cmdOther
 	}
@@ -341,16 +536,47 @@ func kindOf(cmd imapwire.Command) cmdKind {
 		return cmdIdle
 	case imapwire.EqualFold(n, "LOGOUT"):
 		return cmdLogout
+	case imapwire.EqualFold(n, "ENABLE"):
+		return cmdEnable
 	}
 	return cmdOther
 }
 
-// upstreamToClient forwards the backend's responses, tracking state and
-// filtering capabilities. It is the only reader of the backend.
+// filterEnable drops capabilities uidgate withholds from an ENABLE: a
+// client must not switch on at the backend what uidgate cannot translate.
+func filterEnable(line []byte, cmd imapwire.Command) []byte {
+	args := strings.Fields(string(imapwire.TrimEOL(line[cmd.Args:])))
+	kept := args[:0]
+	for _, a := range args {
+		if !rules.CapFiltered(a) {
+			kept = append(kept, a)
+		}
+	}
+	if len(kept) == len(args) {
+		return line
+	}
+	out := append([]byte(nil), line[:cmd.Args]...)
+	if len(kept) == 0 {
+		// ENABLE needs an argument; one every server ignores keeps it valid.
+		kept = append(kept, "X-UIDGATE-NONE")
+	}
+	out = append(out, strings.Join(kept, " ")...)
+	return append(out, '\r', '\n')
+}
+
+// upstreamToClient forwards the backend's responses, translating message
+// numbers and holding EXPUNGEs. It is the only reader of the backend.
 func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	defer ss.recoverInto(&err)
+	defer func() {
+		rs.mu.Lock()
+		rs.ended = true
+		rs.cond.Broadcast()
+		rs.mu.Unlock()
+	}()
 	ur := ss.up.R
 	midResponse := false // the previous line announced a literal
+	dropping := false    // the response being read is not for the client
 	var out []byte
 	for {
 		line, err := ur.ReadLine()
@@ -370,19 +596,46 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 		fwd := line
 		logoutDone := false
 		if !midResponse {
+			dropping = false
 			resp, ok := imapwire.ParseResponse(line)
 			if ok {
 				var skip bool
 				fwd, skip = ss.onResponse(rs, &resp, line, &out)
+				if err := ss.sendQueued(rs); err != nil {
+					return err
+				}
+				if why := rs.fatalText(); why != "" {
+					ss.bye(why)
+					return nil
+				}
+				literalOK = resp.MayAnnounceLiteral()
 				if skip {
-					continue
+					dropping = true
 				}
 				logoutDone = resp.Kind == imapwire.RespTagged && rs.isLogoutTag(resp.Tag)
-				literalOK = resp.MayAnnounceLiteral()
 			}
 		}
 		lit, has := imapwire.TrailingLiteral(line)
 		has = has && literalOK
+		if dropping {
+			if has {
+				ur.Expect(lit.Size)
+				if err := ur.DiscardLiteral(); err != nil {
+					return err
+				}
+			}
+			midResponse = has
+			if ur.Buffered() == 0 {
+				// Nothing more is waiting: what was written must go out.
+				ss.cw.mu.Lock()
+				werr := ss.cw.write(nil, true)
+				ss.cw.mu.Unlock()
+				if werr != nil {
+					return werr
+				}
+			}
+			continue
+		}
 		ss.cw.mu.Lock()
 		werr := ss.cw.write(fwd, !has && ur.Buffered() == 0)
 		ss.bytesOut.Add(int64(len(fwd)))
@@ -411,88 +664,23 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	}
 }
 
-// onResponse updates the session state from the first line of a backend
-// response and returns the bytes to forward; skip drops the line.
-func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte, out *[]byte) (fwd []byte, skip bool) {
+func (rs *relayState) fatalText() string {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	switch r.Kind {
-	case imapwire.RespContinuation:
-		if rs.litWait != "" {
-			pass := rs.litPass
-			rs.litWait = ""
-			rs.litCh <- true
-			return line, !pass
-		}
-		if rs.idleTag != "" {
-			rs.idleTag = ""
-			rs.idling = true
-		}
-		return line, false
-	case imapwire.RespUntagged:
-		switch {
-		case r.HasNum && imapwire.EqualFold(r.Name, "EXISTS"):
-			rs.exists = r.Num
-		case r.HasNum && imapwire.EqualFold(r.Name, "EXPUNGE"):
-			if rs.exists > 0 {
-				rs.exists--
-			}
-		case imapwire.EqualFold(r.Name, "CAPABILITY"):
-			return capLine(out, line[:r.After], imapwire.TrimEOL(line[r.After:]), line[len(imapwire.TrimEOL(line)):]), false
-		case imapwire.EqualFold(r.Name, "BYE"):
-			rs.byeSeen = true
-		}
-		if imapwire.EqualFold(r.Code, "CLOSED") {
-			// RFC 7162 §3.2.11: the previously selected mailbox is closed.
-			rs.selected, rs.readOnly = "", false
-		}
-	case imapwire.RespTagged:
-		tag := string(r.Tag)
-		pc, known := rs.tags[tag]
-		delete(rs.tags, tag)
-		if rs.litWait == tag {
-			rs.litWait = ""
-			rs.litCh <- false
-		}
-		if known {
-			ok := imapwire.EqualFold(r.Name, "OK")
-			switch pc.kind {
-			case cmdSelect, cmdExamine:
-				if ok {
-					rs.selected = pc.mailbox
-					rs.readOnly = pc.kind == cmdExamine || imapwire.EqualFold(r.Code, "READ-ONLY")
-				} else if imapwire.EqualFold(r.Name, "NO") {
-					// RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected.
-					rs.selected, rs.readOnly = "", false
-				}
-			case cmdClose, cmdUnselect:
-				if ok {
-					rs.selected, rs.readOnly = "", false
-				}
-			case cmdIdle:
-				if rs.idleTag == tag {
-					rs.idleTag = ""
-				}
-				rs.idling = false
-			case cmdLogout:
-				rs.byeSeen = true
-				rs.logoutTag = tag
-			}
-		}
-	}
-	if imapwire.EqualFold(r.Code, "CAPABILITY") && len(r.CodeArgs) > 0 {
-		return capLine(out, line[:r.CodeStart+1+len("CAPABILITY ")], r.CodeArgs, line[r.CodeEnd-1:]), false
-	}
-	return line, false
+	return rs.fatal
 }
 
-// capLine rebuilds a line whose capability list is filtered.
-func capLine(out *[]byte, head, caps, tail []byte) []byte {
-	b := append((*out)[:0], head...)
-	b = append(b, strings.Join(rules.ClientCaps(strings.Fields(string(caps))), " ")...)
-	b = append(b, tail...)
-	*out = b
-	return b
+// sendQueued writes a command uidgate decided to send while handling a
+// response (the map build after SELECT), outside the state lock.
+func (ss *session) sendQueued(rs *relayState) error {
+	rs.mu.Lock()
+	b := rs.toSend
+	rs.toSend = nil
+	rs.mu.Unlock()
+	if len(b) == 0 {
+		return nil
+	}
+	return ss.writeUp(b, true)
 }
 
 // recoverInto turns a panic in a relay goroutine into an error, logged
@@ -502,4 +690,13 @@ func (ss *session) recoverInto(err *error) {
 		ss.log.Error().Interface("panic", p).Bytes("stack", debug.Stack()).Msg("relay panic")
 		*err = errors.New("relay panic")
 	}
+}
+
+// capLine rebuilds a line whose capability list is filtered.
+func capLine(out *[]byte, head, caps, tail []byte) []byte {
+	b := append((*out)[:0], head...)
+	b = append(b, strings.Join(rules.ClientCaps(strings.Fields(string(caps))), " ")...)
+	b = append(b, tail...)
+	*out = b
+	return b
 }

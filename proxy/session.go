@@ -52,6 +52,9 @@ type session struct {
 	up      *upstream.Conn
 	bad     int
 	rs      *relayState
+	legacy  bool          // the backend's numbers are never trusted
+	uw      *bufio.Writer // to the backend, under upMu
+	upMu    sync.Mutex
 	done    chan struct{} // closed when the session is torn down
 	closing atomic.Bool
 	connMu  sync.Mutex // guards conn and up against closeAll from elsewhere
@@ -552,6 +555,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 		return false
 	}
 	ss.user, ss.backend = user, b.Name
+	ss.legacy = b.Legacy
 	ss.log = log
 	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
 	caps := rules.ClientCaps(up.Caps)

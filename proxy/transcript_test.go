@@ -31,6 +31,8 @@ import (
 //	@upcaps: caps   capabilities of the scripted backend (before @login)
 //	@login          log in as "alice": the standard exchange, checked
 //	@maxliteral: n  the server's literal bound
+//	@maxline: n     the server's line bound
+//	@legacy         the backend is marked legacy (numbers never trusted)
 //	# comment
 //
 // Text may use \r, \n, \t, \\ and \xHH escapes; a line ending in "\c"
@@ -193,6 +195,9 @@ func runTranscript(t *testing.T, file string) {
 		if v, ok := strings.CutPrefix(l, "@maxline: "); ok {
 			srv.MaxLine, _ = strconv.Atoi(v)
 		}
+		if strings.TrimSpace(l) == "@legacy" {
+			backend.Legacy = true
+		}
 	}
 	cc, sc := tcpPair(t)
 	done := make(chan struct{})
@@ -226,7 +231,7 @@ func runTranscript(t *testing.T, file string) {
 			tr.caps = v
 			continue
 		}
-		if strings.HasPrefix(l, "@maxliteral: ") || strings.HasPrefix(l, "@maxline: ") {
+		if strings.HasPrefix(l, "@maxliteral: ") || strings.HasPrefix(l, "@maxline: ") || l == "@legacy" {
 			continue
 		}
 		if l == "@login" {

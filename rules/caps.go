@@ -11,6 +11,17 @@ var filteredCaps = map[string]string{
 	"NOTIFY": "RFC 5465 events are not translated yet",
 	// Unsolicited ESEARCH updates carry message numbers not translated yet.
 	"CONTEXT=UPDATE": "RFC 5267 updates are not translated yet",
+	// RFC 7162 QRESYNC: VANISHED and SELECT's seq-match data are not
+	// translated yet; CONDSTORE (MODSEQ, [MODIFIED]) is.
+	"QRESYNC": "VANISHED and QRESYNC SELECT parameters are not translated yet",
+	// RFC 5267 result windows count positions in the client's numbering.
+	"CONTEXT=SEARCH": "PARTIAL result windows are not translated yet",
+	"CONTEXT=SORT":   "PARTIAL result windows are not translated yet",
+	"PARTIAL":        "RFC 9394 PARTIAL is not translated yet",
+	// RFC 9586 changes every response to UIDs: a different session model.
+	"UIDONLY": "RFC 9586 is not supported",
+	// RFC 8508 REPLACE takes a message number.
+	"REPLACE": "RFC 8508 REPLACE is not translated yet",
 	// uidgate terminates TLS and authentication itself.
 	"STARTTLS":        "TLS toward the backend is uidgate's business",
 	"LOGINDISABLED":   "uidgate answers login itself",

@@ -51,6 +51,9 @@ type Backend struct {
 	// against the system roots with the host of Address as server name.
 	TLSConfig   *tls.Config
 	DialTimeout time.Duration // DefaultDialTimeout if zero
+	// Legacy marks a backend whose message numbers are never trusted; it
+	// is the relay's business, carried here with the backend's address.
+	Legacy bool
 	// Dial, if set, replaces net.Dialer.DialContext (tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }

@@ -29,6 +29,9 @@ func (d *Decoder) Err() error { return d.err }
 // Pos returns the offset of the next byte to decode.
 func (d *Decoder) Pos() int { return d.pos }
 
+// Seek moves to offset pos (clamped to the input) and clears no error.
+func (d *Decoder) Seek(pos int) { d.pos = min(max(pos, 0), len(d.b)) }
+
 // Rest returns the bytes not yet decoded.
 func (d *Decoder) Rest() []byte { return d.b[d.pos:] }
 
@@ -132,6 +135,16 @@ func (d *Decoder) ExpectAtom() ([]byte, bool) {
 		d.fail("atom")
 	}
 	return a, ok
+}
+
+// SeqSetToken consumes a run that can form a sequence-set or "$"
+// (RFC 9051 §9 sequence-set, RFC 5182): digits, "*", ":", ",", "$". The
+// caller validates it.
+func (d *Decoder) SeqSetToken() ([]byte, bool) {
+	t := d.run(func(c byte) bool {
+		return c >= '0' && c <= '9' || c == '*' || c == ':' || c == ',' || c == '$'
+	})
+	return t, len(t) > 0
 }
 
 // Number consumes a 32-bit number (RFC 9051 §9 "number").

@@ -73,6 +73,14 @@ func (r *Reader) Reset(src io.Reader) {
 	r.pending = 0
 }
 
+// SetMaxLine changes the line bound (DefaultMaxLine if ≤ 0).
+func (r *Reader) SetMaxLine(n int) {
+	if n <= 0 {
+		n = DefaultMaxLine
+	}
+	r.maxLine = n
+}
+
 // Buffered reports how many bytes are read ahead.
 func (r *Reader) Buffered() int { return r.br.Buffered() }
 

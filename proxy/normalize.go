@@ -1,0 +1,1020 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"slices"
+
+	"github.com/emersion/go-imap/v2"
+
+	"uidgate/proxy/imapwire"
+	"uidgate/sessionmap"
+)
+
+// This file is the normalizer: it rewrites message-number commands into
+// their UID forms with the client's own view, maps numbers in responses
+// back into that view, and holds EXPUNGEs until the client may be told
+// (RFC 3501 §5.5, §7.4.1; RFC 9051 §5.5, §7.5.1).
+
+// needsRewrite reports whether cmd uses message numbers that must be
+// translated: non-UID FETCH, STORE, COPY, MOVE, and SEARCH, SORT, THREAD
+// in either form (their criteria may hold sequence sets).
+func (ss *session) needsRewrite(rs *relayState, cmd imapwire.Command, kind cmdKind) bool {
+	switch kind {
+	case cmdFetch, cmdStore, cmdCopy, cmdMove:
+		if cmd.UID {
+			return false
+		}
+	case cmdSearch, cmdSort, cmdThread:
+	default:
+		return false
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.sel != nil && rs.sel.state == selReady
+}
+
+// collect reads the rest of a command whose first line is line, literals
+// inline, answering "+" to synchronizing ones. The size is bounded.
+func (ss *session) collect(line []byte, c *wireCmd) error {
+	c.buf = append(c.buf[:0], line...)
+	c.lits = c.lits[:0]
+	for {
+		lit, has := imapwire.TrailingLiteral(line)
+		if !has {
+			return nil
+		}
+		if int64(len(c.buf))+lit.Size > maxRewriteCommand {
+			if lit.Sync {
+				return errCommandTooLong
+			}
+			return errLiteralTooBig
+		}
+		if lit.Sync {
+			ss.sendf("+ Ready for literal")
+		}
+		hdr := len(c.buf) - len(line) + lit.Start
+		data := len(c.buf)
+		ss.cr.Expect(lit.Size)
+		var err error
+		if c.buf, err = ss.cr.ReadLiteral(c.buf); err != nil {
+			return err
+		}
+		ss.bytesIn.Add(lit.Size)
+		c.lits = append(c.lits, litSpan{hdr: hdr, data: data, end: len(c.buf), lit: lit})
+		if line, err = ss.cr.ReadLine(); err != nil {
+			return err
+		}
+		ss.bytesIn.Add(int64(len(line)))
+		c.buf = append(c.buf, line...)
+	}
+}
+
+// rewriteAndSend collects, translates and sends one message-number
+// command, or answers it without the backend.
+func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmdKind, line []byte, literalPlus bool) error {
+	tag := string(cmd.Tag)
+	var c wireCmd
+	if err := ss.collect(line, &c); err != nil {
+		switch {
+		case errors.Is(err, errCommandTooLong):
+			ss.sendf("%s NO [TOOBIG] Command too long to translate", tag)
+			return nil
+		case errors.Is(err, errLiteralTooBig):
+			ss.endOnReadError(err, line)
+			return net.ErrClosed
+		}
+		ss.endOnReadError(err, nil)
+		return err
+	}
+	// Parse again over the whole command (cmd pointed into line).
+	cmd, _ = imapwire.ParseCommand(c.buf)
+	for attempt := 0; ; attempt++ {
+		var b builder
+		rs.mu.Lock()
+		sel := rs.sel
+		if sel == nil || sel.state != selReady {
+			rs.mu.Unlock()
+			// The selection ended meanwhile (e.g. a failed SELECT
+			// pipelined before): the backend answers as it would.
+			return ss.writeUp(c.buf, true)
+		}
+		if sel.m.Unknown() > 0 && attempt < 3 {
+			// New messages' UIDs are learned before any translation:
+			// results of SEARCH ALL must name them too.
+			rs.mu.Unlock()
+			if err := ss.resolve(rs); err != nil {
+				return err
+			}
+			continue
+		}
+		res, err := rewriteCommand(&c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
+			return sel.m.ClientSeqToUIDs(set)
+		}, &b)
+		if err != nil {
+			rs.mu.Unlock()
+			if errors.Is(err, sessionmap.ErrUnresolved) && attempt < 3 {
+				if err := ss.resolve(rs); err != nil {
+					return err
+				}
+				continue
+			}
+			if answer, ok := seqErrAnswer(err); ok {
+				ss.sendf("%s %s", tag, answer)
+				return nil
+			}
+			ss.log.Warn().Err(err).Msg("cannot rewrite command")
+			ss.sendf("%s NO [SERVERBUG] uidgate could not translate the command", tag)
+			return nil
+		}
+		if res.answer != "" {
+			rs.mu.Unlock()
+			ss.sendf("%s %s", tag, res.answer)
+			return nil
+		}
+		up := upTag(tag)
+		if up != tag {
+			res.pc.clientTag = tag
+			b.out = append([]byte(up), b.out[len(tag):]...)
+			for i := range b.lits {
+				b.lits[i].hdr += len(up) - len(tag)
+				b.lits[i].data += len(up) - len(tag)
+				b.lits[i].end += len(up) - len(tag)
+			}
+		}
+		rs.tags[up] = res.pc
+		if res.pc.resultsAreUIDs && !res.pc.esearch {
+			rs.searchQ = append(rs.searchQ, up)
+		}
+		rs.mu.Unlock()
+		if e := ss.log.Trace(); e.Enabled() {
+			e.Bytes("U", imapwire.TrimEOL(b.out[:min(len(b.out), traceMax)])).Send()
+		}
+		return ss.sendBuilt(rs, up, &b, literalPlus)
+	}
+}
+
+// sendBuilt sends a rewritten command. Its literals go non-synchronizing
+// with LITERAL+; otherwise each waits for the backend's "+".
+func (ss *session) sendBuilt(rs *relayState, tag string, b *builder, literalPlus bool) error {
+	from := 0
+	for _, l := range b.lits {
+		hdr := l.lit
+		hdr.Sync = !literalPlus
+		if err := ss.writeUp(b.out[from:l.hdr], false); err != nil {
+			return err
+		}
+		if err := ss.writeUp(imapwire.AppendLiteralHeader(nil, hdr), hdr.Sync); err != nil {
+			return err
+		}
+		if hdr.Sync {
+			rs.mu.Lock()
+			rs.litWait, rs.litPass = tag, false
+			rs.mu.Unlock()
+			select {
+			case ok := <-rs.litCh:
+				if !ok {
+					return nil // refused; the answer went to the client
+				}
+			case <-ss.done:
+				return net.ErrClosed
+			}
+		}
+		from = l.data
+	}
+	return ss.writeUp(b.out[from:], true)
+}
+
+// barrier waits until no command is in flight, client's or uidgate's.
+func (ss *session) barrier(rs *relayState) error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	for len(rs.tags) > 0 && !rs.ended {
+		rs.cond.Wait()
+	}
+	if rs.ended {
+		return net.ErrClosed
+	}
+	return nil
+}
+
+// inject sends one of uidgate's own commands once nothing else is in
+// flight, and waits for it: its responses are then unambiguous, and never
+// reach the client.
+func (ss *session) inject(rs *relayState, kind injectKind, text string) error {
+	if err := ss.barrier(rs); err != nil {
+		return err
+	}
+	rs.mu.Lock()
+	tag := ss.injectTagLocked(rs, kind)
+	rs.mu.Unlock()
+	if err := ss.writeUp([]byte(tag+" "+text+"\r\n"), true); err != nil {
+		return err
+	}
+	return ss.barrier(rs)
+}
+
+// injectTagLocked registers an injected command and returns its tag.
+func (ss *session) injectTagLocked(rs *relayState, kind injectKind) string {
+	rs.injectN++
+	tag := injectTagPrefix + itoa(rs.injectN)
+	rs.tags[tag] = pendingCmd{inject: kind}
+	rs.injected = tag
+	rs.injectList = rs.injectList[:0]
+	rs.injectSet = rs.injectSet[:0]
+	rs.injectES = false
+	return tag
+}
+
+func itoa(n int) string { return string(appendUint(nil, uint32(n))) }
+
+// searchAllCommand lists every UID: ESEARCH ranges when the backend has
+// them (RFC 4731), compact even for a million messages.
+func searchAllCommand(rs *relayState) string {
+	if rs.esearch {
+		return "UID SEARCH RETURN (ALL) ALL"
+	}
+	return "UID SEARCH ALL"
+}
+
+// resolve learns the UIDs of messages counted by EXISTS.
+func (ss *session) resolve(rs *relayState) error {
+	rs.mu.Lock()
+	sel := rs.sel
+	if sel == nil || sel.state != selReady {
+		rs.mu.Unlock()
+		return nil
+	}
+	if sel.legacy {
+		// A legacy backend's numbers cannot place UIDs: diff by UID.
+		sel.dirty = true
+		rs.mu.Unlock()
+		return ss.resyncIfDirty(rs)
+	}
+	_, _, floor, ok := sel.m.Unresolved()
+	rs.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return ss.inject(rs, injectResolve, "UID FETCH "+itoa(int(floor)+1)+":* (UID)")
+}
+
+// resyncIfDirty re-reads a legacy backend's UID list when it reported
+// EXPUNGE or EXISTS, and diffs it against the upstream view.
+func (ss *session) resyncIfDirty(rs *relayState) error {
+	rs.mu.Lock()
+	sel := rs.sel
+	dirty := sel != nil && sel.state == selReady && sel.dirty
+	rs.mu.Unlock()
+	if !dirty {
+		return nil
+	}
+	return ss.inject(rs, injectResync, searchAllCommand(rs))
+}
+
+// onResponse handles the first line of a backend response: it updates the
+// session state and returns the bytes to forward; skip drops the whole
+// response (literals included).
+func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte, out *[]byte) (fwd []byte, skip bool) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	switch r.Kind {
+	case imapwire.RespContinuation:
+		if rs.litWait != "" {
+			pass := rs.litPass
+			rs.litWait = ""
+			rs.litCh <- true
+			return line, !pass
+		}
+		if rs.idleTag != "" {
+			rs.idleTag = ""
+			rs.idling = true
+			// IDLE is in progress: what was held may go now (RFC 9051 §6.3.13).
+			if sel := rs.sel; sel != nil && sel.state == selReady && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, "") {
+				b := append((*out)[:0], line...)
+				b = append(b, ss.releaseLines(rs, sel, new([]byte))...)
+				*out = b
+				return b, false
+			}
+		}
+		return line, false
+	case imapwire.RespTagged:
+		return ss.onTagged(rs, r, line, out)
+	}
+	// Untagged.
+	sel := rs.sel
+	switch {
+	case imapwire.EqualFold(r.Name, "CAPABILITY"):
+		return capLine(out, line[:r.After], imapwire.TrimEOL(line[r.After:]), line[len(imapwire.TrimEOL(line)):]), false
+	case imapwire.EqualFold(r.Name, "BYE"):
+		rs.byeSeen = true
+	}
+	if imapwire.EqualFold(r.Code, "CLOSED") {
+		// RFC 7162 §3.2.11: the previously selected mailbox is closed.
+		rs.selected, rs.readOnly = "", false
+		return line, false
+	}
+	if imapwire.EqualFold(r.Code, "CAPABILITY") && len(r.CodeArgs) > 0 {
+		return capLine(out, line[:r.CodeStart+1+len("CAPABILITY ")], r.CodeArgs, line[r.CodeEnd-1:]), false
+	}
+	if sel == nil {
+		ss.trackCounts(rs, r)
+		return line, false
+	}
+	if imapwire.EqualFold(r.Code, "UIDVALIDITY") {
+		v, _ := parseNumber(r.CodeArgs)
+		if sel.state == selReady && v != sel.validity {
+			// RFC 9051 §2.3.1.1: every UID the client holds is void; it
+			// must start over, and uidgate's map with it.
+			rs.fatal = "[UNAVAILABLE] Mailbox UIDVALIDITY changed; please reconnect"
+			return nil, true
+		}
+		sel.validity = v
+	}
+	if sel.state != selReady {
+		return ss.onSelecting(rs, sel, r, line)
+	}
+	return ss.onSelected(rs, sel, r, line, out)
+}
+
+// trackCounts keeps the EXISTS count for a session without a map.
+func (ss *session) trackCounts(rs *relayState, r *imapwire.Response) {
+	switch {
+	case r.HasNum && imapwire.EqualFold(r.Name, "EXISTS"):
+		rs.exists = r.Num
+	case r.HasNum && imapwire.EqualFold(r.Name, "EXPUNGE"):
+		if rs.exists > 0 {
+			rs.exists--
+		}
+	}
+}
+
+// onSelecting holds a SELECT's untagged responses until the map is built,
+// so that the EXISTS the client hears agrees with the map.
+func (ss *session) onSelecting(rs *relayState, sel *selection, r *imapwire.Response, line []byte) ([]byte, bool) {
+	if rs.injected != "" && rs.tags[rs.injected].inject == injectBuild && ss.takeSearchResult(rs, r, line) {
+		if err := ss.loadInjected(rs, sel); err != nil {
+			ss.log.Warn().Err(err).Msg("cannot load the UID list")
+		}
+		sel.loaded = true
+		return nil, true
+	}
+	switch {
+	case r.HasNum && imapwire.EqualFold(r.Name, "EXPUNGE"):
+		if sel.loaded {
+			sel.m.ExpungeUpstream(r.Num)
+		}
+		// Before the UID list, the list already reflects it.
+		return nil, true
+	case r.HasNum && imapwire.EqualFold(r.Name, "EXISTS"):
+		if sel.loaded {
+			sel.m.Exists(r.Num)
+			return nil, true
+		}
+		rs.exists = r.Num
+	}
+	if _, has := imapwire.TrailingLiteral(line); has && r.MayAnnounceLiteral() {
+		return line, false // never held: literals are streamed
+	}
+	sel.held = append(sel.held, append([]byte(nil), line...))
+	return nil, true
+}
+
+// takeSearchResult collects the UIDs of an injected UID SEARCH ALL from
+// "* SEARCH" (RFC 9051 §7.3.4) or "* ESEARCH ... ALL" (RFC 4731).
+func (ss *session) takeSearchResult(rs *relayState, r *imapwire.Response, line []byte) bool {
+	rest := imapwire.TrimEOL(line[r.After:])
+	switch {
+	case imapwire.EqualFold(r.Name, "SEARCH") && !r.HasNum:
+		d := imapwire.NewDecoder(rest)
+		for !d.EOL() {
+			if d.SP() {
+				continue
+			}
+			n, ok := d.Number()
+			if !ok {
+				d.SkipValue() // e.g. (MODSEQ n)
+				continue
+			}
+			rs.injectList = append(rs.injectList, n)
+		}
+		return true
+	case imapwire.EqualFold(r.Name, "ESEARCH"):
+		es := parseESearch(rest)
+		if es.tag != rs.injected {
+			return false
+		}
+		rs.injectES = true
+		if es.all != nil {
+			if set, err := parseUIDSet(es.all); err == nil {
+				rs.injectSet = set
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// loadInjected loads (build) or diffs (resync) the collected UID list.
+func (ss *session) loadInjected(rs *relayState, sel *selection) error {
+	kind := rs.tags[rs.injected].inject
+	if kind == injectBuild {
+		if rs.injectES {
+			return sel.m.LoadSet(rs.injectSet)
+		}
+		return sel.m.Load(rs.injectList)
+	}
+	var st sessionmap.ResyncStats
+	var err error
+	if rs.injectES {
+		st, err = sel.m.ResyncSet(rs.injectSet)
+	} else {
+		st, err = sel.m.Resync(rs.injectList)
+	}
+	ss.log.Debug().Uint32("expunged", st.Expunged).Uint32("added", st.Added).Uint32("resolved", st.Resolved).Msg("resync")
+	return err
+}
+
+// onSelected translates an untagged response while a map is in use.
+func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Response, line []byte, out *[]byte) ([]byte, bool) {
+	injected := rs.tags[rs.injected].inject
+	if (injected == injectResync) && ss.takeSearchResult(rs, r, line) {
+		if err := ss.loadInjected(rs, sel); err != nil {
+			ss.log.Warn().Err(err).Msg("resync conflict")
+		}
+		sel.dirty = false
+		if b := ss.announce(rs, sel, out, nil); b != nil {
+			return b, false
+		}
+		return nil, true
+	}
+	switch {
+	case r.HasNum && imapwire.EqualFold(r.Name, "EXISTS"):
+		if sel.legacy {
+			sel.dirty = true
+		}
+		if _, err := sel.m.Exists(r.Num); err != nil {
+			sel.dirty = sel.legacy
+			return nil, true
+		}
+		if b := ss.announce(rs, sel, out, nil); b != nil {
+			return b, false
+		}
+		return nil, true
+	case r.HasNum && imapwire.EqualFold(r.Name, "EXPUNGE"):
+		if sel.legacy {
+			// Never trust a legacy backend's number: find out by UID.
+			sel.dirty = true
+			return nil, true
+		}
+		if _, err := sel.m.ExpungeUpstream(r.Num); err != nil {
+			ss.log.Warn().Err(err).Uint32("msgno", r.Num).Msg("EXPUNGE out of range")
+		}
+		if rs.idling && ss.mayRelease(rs, "") {
+			// RFC 9051 §6.3.13: during IDLE, updates go out at once.
+			return ss.releaseLines(rs, sel, out), false
+		}
+		return nil, true
+	case r.HasNum && imapwire.EqualFold(r.Name, "RECENT"):
+		return line, false
+	case r.HasNum && imapwire.EqualFold(r.Name, "FETCH"):
+		return ss.translateFetch(rs, sel, r, line, out)
+	case imapwire.EqualFold(r.Name, "VANISHED"):
+		// RFC 7162 §3.2.10; QRESYNC is withheld, so only if ENABLEd anyway.
+		rest := imapwire.TrimEOL(line[r.After:])
+		if d := imapwire.NewDecoder(rest); d.Special('(') {
+			d.SkipList()
+			d.SP()
+			rest = d.Rest()
+		}
+		if set, err := parseUIDSet(rest); err == nil && !sel.legacy {
+			sel.m.Vanish(set)
+		} else {
+			sel.dirty = true
+		}
+		return nil, true
+	case imapwire.EqualFold(r.Name, "SEARCH") || imapwire.EqualFold(r.Name, "SORT"):
+		if injected == injectResolve || injected == injectBuild {
+			return nil, true
+		}
+		if len(rs.searchQ) > 0 && rs.tags[rs.searchQ[0]].resultsAreUIDs {
+			return ss.translateNumberList(sel, r, line, out), false
+		}
+	case imapwire.EqualFold(r.Name, "THREAD"):
+		if len(rs.searchQ) > 0 && rs.tags[rs.searchQ[0]].resultsAreUIDs {
+			return ss.translateThread(sel, r, line, out), false
+		}
+	case imapwire.EqualFold(r.Name, "ESEARCH"):
+		es := parseESearch(imapwire.TrimEOL(line[r.After:]))
+		if pc, ok := rs.tags[es.tag]; ok && pc.resultsAreUIDs {
+			return ss.translateESearch(sel, pc, es, line[:r.After], out), false
+		}
+	}
+	if imapwire.EqualFold(r.Code, "UNSEEN") && !sel.legacy {
+		// RFC 3501 §7.1: [UNSEEN n] is a message number.
+		if n, ok := parseNumber(r.CodeArgs); ok {
+			if m, ok := sel.m.UpstreamToClient(n); ok {
+				b := append((*out)[:0], line[:r.CodeStart]...)
+				b = append(b, "[UNSEEN "...)
+				b = appendUint(b, m)
+				b = append(b, line[r.CodeEnd-1:]...)
+				*out = b
+				return b, false
+			}
+		}
+	}
+	return line, false
+}
+
+// announce tells the client of arrivals: "* n EXISTS" with its new count,
+// appended to prefix (RFC 9051 §7.4.1: the count never goes down).
+func (ss *session) announce(rs *relayState, sel *selection, out *[]byte, prefix []byte) []byte {
+	if sel.m.PendingArrivals() == 0 {
+		return prefix
+	}
+	sel.m.AnnounceArrivals()
+	b := append(prefix, "* "...)
+	b = appendUint(b, sel.m.ClientCount())
+	b = append(b, " EXISTS\r\n"...)
+	rs.exists = sel.m.ClientCount()
+	*out = b
+	return b
+}
+
+// mayRelease reports whether EXPUNGEs may go to the client now, before the
+// tagged response of except ("" for none, as in IDLE): no command that
+// forbids them is in progress, and no command is half sent
+// (RFC 3501 §7.4.1, RFC 9051 §7.5.1).
+func (ss *session) mayRelease(rs *relayState, except string) bool {
+	if rs.midCommand || rs.litWait != "" {
+		return false
+	}
+	for tag, pc := range rs.tags {
+		if tag != except && pc.forbidsExpunge {
+			return false
+		}
+	}
+	return true
+}
+
+// releaseLines applies pending expunges to the client view and returns
+// the "* n EXPUNGE" lines, highest number first so none shifts.
+func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte) []byte {
+	nums := sel.m.ReleaseExpunges(nil)
+	b := (*out)[:0]
+	for _, n := range nums {
+		b = append(b, "* "...)
+		b = appendUint(b, n)
+		b = append(b, " EXPUNGE\r\n"...)
+	}
+	rs.exists = sel.m.ClientCount()
+	*out = b
+	return b
+}
+
+// onTagged handles a tagged response: uidgate's own commands end here;
+// SELECT completes its map; EXPUNGEs are released where allowed.
+func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, out *[]byte) ([]byte, bool) {
+	tag := string(r.Tag)
+	pc, known := rs.tags[tag]
+	delete(rs.tags, tag)
+	defer rs.cond.Broadcast()
+	if rs.litWait == tag {
+		rs.litWait = ""
+		rs.litCh <- false
+	}
+	if i := slices.Index(rs.searchQ, tag); i >= 0 {
+		rs.searchQ = slices.Delete(rs.searchQ, i, i+1)
+	}
+	if !known {
+		return line, false
+	}
+	sel := rs.sel
+	ok := imapwire.EqualFold(r.Name, "OK")
+	if pc.inject != injectNone {
+		rs.injected = ""
+		if !ok {
+			ss.log.Warn().Bytes("response", imapwire.TrimEOL(line)).Msg("uidgate's own command failed")
+		}
+		if sel == nil {
+			return nil, true
+		}
+		switch pc.inject {
+		case injectBuild:
+			if !sel.loaded {
+				ss.log.Warn().Msg("no UID list after SELECT; message numbers pass untranslated")
+				sel.m = nil
+			}
+			return ss.finishSelect(rs, sel, out), false
+		case injectResync:
+			sel.dirty = false
+		}
+		if b := ss.announce(rs, sel, out, nil); b != nil {
+			return b, false
+		}
+		return nil, true
+	}
+	fwd := line
+	if imapwire.EqualFold(r.Code, "CAPABILITY") && len(r.CodeArgs) > 0 {
+		fwd = capLine(new([]byte), line[:r.CodeStart+1+len("CAPABILITY ")], r.CodeArgs, line[r.CodeEnd-1:])
+	}
+	if pc.clientTag != "" {
+		b := append((*out)[:0], pc.clientTag...)
+		b = append(b, fwd[len(tag):]...)
+		*out = b
+		fwd = b
+	}
+	switch pc.kind {
+	case cmdSelect, cmdExamine:
+		if sel != nil && sel.tag == tag && ok {
+			rs.selected = pc.mailbox
+			rs.readOnly = pc.kind == cmdExamine || imapwire.EqualFold(r.Code, "READ-ONLY")
+			sel.readOnly = rs.readOnly
+			sel.heldOK = append([]byte(nil), fwd...)
+			sel.state = selBuilding
+			// Build the map now, before anything else goes upstream: the
+			// client goroutine waits for this SELECT (see barrier).
+			t := ss.injectTagLocked(rs, injectBuild)
+			rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
+			return nil, true
+		}
+		held := ss.heldLines(sel, out)
+		if imapwire.EqualFold(r.Name, "NO") {
+			// RFC 9051 §6.3.2: a failed SELECT leaves no mailbox selected.
+			rs.selected, rs.readOnly, rs.sel = "", false, nil
+		} else {
+			rs.sel = rs.prevSel // BAD: the command was not executed
+		}
+		return append(held, fwd...), false
+	case cmdClose, cmdUnselect:
+		if ok {
+			rs.selected, rs.readOnly, rs.sel = "", false, nil
+		}
+	case cmdIdle:
+		if rs.idleTag == tag {
+			rs.idleTag = ""
+		}
+		rs.idling = false
+	case cmdLogout:
+		rs.byeSeen = true
+		rs.logoutTag = tag
+	}
+	if sel == nil || sel.state != selReady || sel.m == nil {
+		return fwd, false
+	}
+	if pc.rewritten && imapwire.EqualFold(r.Code, "MODIFIED") {
+		// RFC 7162 §3.1.3: the UIDs of a rewritten STORE are numbers to the client.
+		if set, err := parseUIDSet(r.CodeArgs); err == nil {
+			b := append([]byte(nil), fwd[:r.CodeStart]...)
+			b = append(b, "[MODIFIED "...)
+			b = appendSeqSet(b, sel.m.AppendClientSeq(nil, set))
+			b = append(b, fwd[r.CodeEnd-1:]...)
+			fwd = b
+		}
+	}
+	var pre []byte
+	if !pc.forbidsExpunge && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, tag) {
+		pre = append(pre, ss.releaseLines(rs, sel, new([]byte))...)
+	}
+	pre = ss.announce(rs, sel, new([]byte), pre)
+	if len(pre) == 0 {
+		return fwd, false
+	}
+	return append(pre, fwd...), false
+}
+
+// heldLines returns the responses held during a SELECT.
+func (ss *session) heldLines(sel *selection, out *[]byte) []byte {
+	var b []byte
+	if sel == nil {
+		return b
+	}
+	for _, l := range sel.held {
+		b = append(b, l...)
+	}
+	sel.held = nil
+	return b
+}
+
+// finishSelect releases the held SELECT responses once the map is built,
+// with EXISTS (and [UNSEEN n]) in terms of the map, then the SELECT's OK.
+func (ss *session) finishSelect(rs *relayState, sel *selection, out *[]byte) []byte {
+	var b []byte
+	if sel.m != nil {
+		sel.m.AnnounceArrivals()
+		rs.exists = sel.m.ClientCount()
+	}
+	for _, l := range sel.held {
+		r, ok := imapwire.ParseResponse(l)
+		switch {
+		case ok && r.HasNum && imapwire.EqualFold(r.Name, "EXISTS") && sel.m != nil:
+			b = append(b, "* "...)
+			b = appendUint(b, sel.m.ClientCount())
+			b = append(b, " EXISTS\r\n"...)
+		case ok && imapwire.EqualFold(r.Code, "UNSEEN") && sel.m != nil:
+			n, _ := parseNumber(r.CodeArgs)
+			if m, ok := sel.m.UpstreamToClient(n); ok && !sel.legacy {
+				b = append(b, l[:r.CodeStart]...)
+				b = append(b, "[UNSEEN "...)
+				b = appendUint(b, m)
+				b = append(b, l[r.CodeEnd-1:]...)
+			}
+		default:
+			b = append(b, l...)
+		}
+	}
+	b = append(b, sel.heldOK...)
+	sel.held, sel.heldOK = nil, nil
+	if sel.m == nil {
+		rs.sel = nil // no map: relay numbers as they are
+	} else {
+		sel.state = selReady
+	}
+	*out = b
+	return b
+}
+
+func parseNumber(b []byte) (uint32, bool) {
+	d := imapwire.NewDecoder(b)
+	n, ok := d.Number()
+	return n, ok && d.EOL()
+}
+
+// translateFetch renumbers "* n FETCH (...)" by its UID into the client's
+// view, and drops the UID item the client did not ask for.
+func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Response, line []byte, out *[]byte) ([]byte, bool) {
+	d := imapwire.NewDecoder(line)
+	d.Seek(r.After)
+	if !d.Special('(') {
+		return line, false
+	}
+	listStart := d.Pos()
+	var uid uint32
+	uidStart, uidEnd := -1, -1
+	items := 0
+	for !d.EOL() && !d.Special(')') {
+		itemStart := d.Pos()
+		if items > 0 && !d.SP() {
+			break
+		}
+		nameStart := d.Pos()
+		if !d.SkipValue() {
+			break
+		}
+		name := line[nameStart:d.Pos()]
+		if !d.SP() {
+			break
+		}
+		valStart := d.Pos()
+		if !d.SkipValue() {
+			items++ // a literal whose bytes follow: the item continues later
+			break
+		}
+		items++
+		if imapwire.EqualFold(name, "UID") {
+			if n, ok := parseNumber(line[valStart:d.Pos()]); ok {
+				uid = n
+				uidStart, uidEnd = itemStart, d.Pos()
+				if itemStart == listStart && uidEnd < len(line) && line[uidEnd] == ' ' {
+					uidEnd++ // "UID n " at the start: drop the SP after
+				}
+			}
+		}
+	}
+	wantsUID := false
+	injectedResolve := rs.tags[rs.injected].inject == injectResolve
+	for _, pc := range rs.tags {
+		if pc.wantsUID {
+			wantsUID = true
+		}
+	}
+	var msgno uint32
+	var prefix []byte
+	if uid != 0 {
+		if !sel.legacy {
+			if e, ok := sel.m.UpstreamAt(r.Num); ok && e.UID == 0 {
+				sel.m.Resolve(r.Num, uid)
+			}
+		}
+		n, ok := sel.m.ClientMsgno(uid)
+		if !ok {
+			if _, up := sel.m.UpstreamMsgno(uid); up && sel.m.PendingArrivals() > 0 {
+				prefix = ss.announce(rs, sel, new([]byte), nil)
+				n, ok = sel.m.ClientMsgno(uid)
+			}
+		}
+		if !ok {
+			if sel.legacy && uid > sel.m.MaxUID() {
+				sel.dirty = true // a message it never counted with EXISTS
+			}
+			return nil, true
+		}
+		msgno = n
+	} else {
+		if sel.legacy {
+			// Without a UID a legacy number means nothing trustworthy.
+			sel.dirty = true
+			return nil, true
+		}
+		n, ok := sel.m.UpstreamToClient(r.Num)
+		if !ok {
+			return nil, true
+		}
+		msgno = n
+	}
+	if injectedResolve && items == 1 && uidStart >= 0 {
+		return nil, true // uidgate's own UID FETCH
+	}
+	b := append((*out)[:0], prefix...)
+	b = append(b, "* "...)
+	b = appendUint(b, msgno)
+	b = append(b, " FETCH ("...)
+	if uidStart >= 0 && !wantsUID {
+		if items == 1 {
+			return prefixOrDrop(prefix, out)
+		}
+		b = append(b, line[listStart:uidStart]...)
+		b = append(b, line[uidEnd:]...)
+	} else {
+		b = append(b, line[listStart:]...)
+	}
+	*out = b
+	return b, false
+}
+
+func prefixOrDrop(prefix []byte, out *[]byte) ([]byte, bool) {
+	if len(prefix) == 0 {
+		return nil, true
+	}
+	*out = prefix
+	return prefix, false
+}
+
+// translateNumberList maps "* SEARCH"/"* SORT" UIDs to client numbers in
+// the same order, keeping a trailing "(MODSEQ n)" (RFC 7162 §3.1.5).
+func (ss *session) translateNumberList(sel *selection, r *imapwire.Response, line []byte, out *[]byte) []byte {
+	rest := imapwire.TrimEOL(line[r.After:])
+	d := imapwire.NewDecoder(rest)
+	b := append((*out)[:0], line[:r.After]...)
+	b = trimRightSP(b)
+	var uids []uint32
+	var tail []byte
+	for !d.EOL() {
+		if d.SP() {
+			continue
+		}
+		if n, ok := d.Number(); ok {
+			uids = append(uids, n)
+			continue
+		}
+		tail = d.Rest()
+		break
+	}
+	for _, m := range sel.m.AppendClientMsgnos(nil, uids) {
+		b = append(b, ' ')
+		b = appendUint(b, m)
+	}
+	if len(tail) > 0 {
+		b = append(b, ' ')
+		b = append(b, tail...)
+	}
+	b = append(b, '\r', '\n')
+	*out = b
+	return b
+}
+
+func trimRightSP(b []byte) []byte {
+	for len(b) > 0 && b[len(b)-1] == ' ' {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// translateThread maps every UID in "* THREAD (...)" (RFC 5256 §4),
+// keeping the nesting.
+func (ss *session) translateThread(sel *selection, r *imapwire.Response, line []byte, out *[]byte) []byte {
+	b := append((*out)[:0], line[:r.After]...)
+	rest := line[r.After:]
+	for i := 0; i < len(rest); {
+		c := rest[i]
+		if c < '0' || c > '9' {
+			b = append(b, c)
+			i++
+			continue
+		}
+		j := i
+		var n uint64
+		for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
+			n = n*10 + uint64(rest[j]-'0')
+			j++
+		}
+		if m, ok := sel.m.ClientMsgno(uint32(n)); ok {
+			b = appendUint(b, m)
+		} else {
+			b = appendUint(b, uint32(n)) // cannot happen once resolved
+		}
+		i = j
+	}
+	*out = b
+	return b
+}
+
+// esearch is a parsed ESEARCH response (RFC 4731 §3.1).
+type esearch struct {
+	tag string
+	uid bool
+	// parts in order: name and raw value
+	parts [][2][]byte
+	all   []byte
+}
+
+func parseESearch(b []byte) esearch {
+	var es esearch
+	d := imapwire.NewDecoder(b)
+	if d.Special('(') {
+		if a, ok := d.Atom(); ok && imapwire.EqualFold(a, "TAG") && d.SP() {
+			es.tag, _ = d.String()
+		}
+		for !d.EOL() && !d.Special(')') {
+			d.SkipValue()
+			d.SP()
+		}
+		d.SP()
+	}
+	for !d.EOL() {
+		if d.SP() {
+			continue
+		}
+		name, ok := d.Atom()
+		if !ok {
+			break
+		}
+		if imapwire.EqualFold(name, "UID") {
+			es.uid = true
+			continue
+		}
+		d.SP()
+		start := d.Pos()
+		if !d.SkipValue() {
+			break
+		}
+		val := b[start:d.Pos()]
+		if imapwire.EqualFold(name, "ALL") {
+			es.all = val
+		}
+		es.parts = append(es.parts, [2][]byte{name, val})
+	}
+	return es
+}
+
+// translateESearch maps an ESEARCH answer to a rewritten SEARCH or SORT:
+// the UID indicator goes, MIN, MAX and ALL become client numbers.
+func (ss *session) translateESearch(sel *selection, pc pendingCmd, es esearch, head []byte, out *[]byte) []byte {
+	b := append((*out)[:0], head...)
+	b = append(b, "(TAG \""...)
+	b = append(b, tagOrClient(pc, es.tag)...)
+	b = append(b, '"', ')')
+	for _, p := range es.parts {
+		name, val := p[0], p[1]
+		switch {
+		case imapwire.EqualFold(name, "MIN"), imapwire.EqualFold(name, "MAX"):
+			n, ok := parseNumber(val)
+			m, known := sel.m.ClientMsgno(n)
+			if !ok || !known {
+				continue
+			}
+			val = appendUint(nil, m)
+		case imapwire.EqualFold(name, "ALL"):
+			set, err := parseUIDSet(val)
+			if err != nil {
+				continue
+			}
+			var seq imap.SeqSet
+			if pc.kind == cmdSort {
+				// RFC 5267 §3.2: ESORT's ALL keeps the sort order.
+				var uids []uint32
+				for _, rg := range set {
+					for u := rg.Start; u <= rg.Stop && u != 0; u++ {
+						uids = append(uids, uint32(u))
+					}
+				}
+				for _, m := range sel.m.AppendClientMsgnos(nil, uids) {
+					seq = append(seq, imap.SeqRange{Start: m, Stop: m})
+				}
+			} else {
+				seq = sel.m.AppendClientSeq(nil, set)
+			}
+			if len(seq) == 0 {
+				continue
+			}
+			val = appendSeqSet(nil, seq)
+		}
+		b = append(b, ' ')
+		b = append(b, name...)
+		b = append(b, ' ')
+		b = append(b, val...)
+	}
+	b = append(b, '\r', '\n')
+	*out = b
+	return b
+}

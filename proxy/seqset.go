@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"errors"
+
+	"github.com/emersion/go-imap/v2"
+)
+
+var errSeqSyntax = errors.New("invalid sequence set")
+
+// isSeqSetToken reports whether b looks like a sequence set (digits, "*",
+// ":" and ","), as opposed to a search key or an argument. "$" (RFC 5182)
+// is not one: it names a saved result and passes unchanged.
+func isSeqSetToken(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c == '*' || c == ':' || c == ',') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseSeqSet parses RFC 9051 §9 sequence-set. "*" is 0 in the result, as
+// go-imap has it; a literal 0 is an error (seq-number is nz-number).
+func parseSeqSet(b []byte) (imap.SeqSet, error) {
+	var set imap.SeqSet
+	i := 0
+	num := func() (uint32, bool) {
+		if i < len(b) && b[i] == '*' {
+			i++
+			return 0, true
+		}
+		start := i
+		var n uint64
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			n = n*10 + uint64(b[i]-'0')
+			if n > 0xffffffff {
+				return 0, false
+			}
+			i++
+		}
+		return uint32(n), i > start && n > 0
+	}
+	for {
+		lo, ok := num()
+		if !ok {
+			return nil, errSeqSyntax
+		}
+		hi := lo
+		if i < len(b) && b[i] == ':' {
+			i++
+			if hi, ok = num(); !ok {
+				return nil, errSeqSyntax
+			}
+		}
+		set = append(set, imap.SeqRange{Start: lo, Stop: hi})
+		if i == len(b) {
+			return set, nil
+		}
+		if b[i] != ',' {
+			return nil, errSeqSyntax
+		}
+		i++
+	}
+}
+
+// appendUIDSet formats set (ascending ranges, no "*") into dst.
+func appendUIDSet(dst []byte, set imap.UIDSet) []byte {
+	for i, r := range set {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendUint(dst, uint32(r.Start))
+		if r.Stop != r.Start {
+			dst = append(dst, ':')
+			if r.Stop == 0 {
+				dst = append(dst, '*')
+			} else {
+				dst = appendUint(dst, uint32(r.Stop))
+			}
+		}
+	}
+	return dst
+}
+
+// appendSeqSet formats a client sequence set into dst.
+func appendSeqSet(dst []byte, set imap.SeqSet) []byte {
+	for i, r := range set {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendUint(dst, r.Start)
+		if r.Stop != r.Start {
+			dst = append(dst, ':')
+			dst = appendUint(dst, r.Stop)
+		}
+	}
+	return dst
+}
+
+func appendUint(dst []byte, n uint32) []byte {
+	var buf [10]byte
+	i := len(buf)
+	for {
+		i--
+		buf[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return append(dst, buf[i:]...)
+}
+
+// parseUIDSet parses a UID set as a backend sends it (ESEARCH ALL,
+// [MODIFIED ...]); "*" is kept as 0.
+func parseUIDSet(b []byte) (imap.UIDSet, error) {
+	seq, err := parseSeqSet(b)
+	if err != nil {
+		return nil, err
+	}
+	set := make(imap.UIDSet, len(seq))
+	for i, r := range seq {
+		lo, hi := r.Start, r.Stop
+		if lo > hi && hi != 0 || lo == 0 {
+			lo, hi = hi, lo
+		}
+		set[i] = imap.UIDRange{Start: imap.UID(lo), Stop: imap.UID(hi)}
+	}
+	return set, nil
+}
