@@ -37,6 +37,9 @@ type Config struct {
 	Routes []Route `toml:"route"`
 	// Limits bound what clients may send and how long they may wait.
 	Limits Limits `toml:"limits"`
+	// Serialization says which commands of different sessions are made to
+	// reach a backend one after another.
+	Serialization Serialization `toml:"serialization"`
 	// Log configures logging.
 	Log Log `toml:"log"`
 
@@ -112,6 +115,10 @@ type Backend struct {
 	Legacy bool `toml:"legacy"`
 	// DialTimeout bounds connecting, TLS and greeting; default 10s.
 	DialTimeout Duration `toml:"dial_timeout"`
+	// ExplicitSeen: "auto" (default: on for legacy backends), "on" or
+	// "off". When on, a body fetch that would set \Seen is sent as .PEEK
+	// and uidgate sets \Seen with a STORE under the user's seen lock.
+	ExplicitSeen string `toml:"explicit_seen"`
 	// CyrusNamespace says mailbox names follow the Cyrus classic namespace
 	// (other users' mailboxes under "user."); see rules.CanonicalMailbox.
 	// Default false.
@@ -154,6 +161,25 @@ type Limits struct {
 	// MaxBadCommands is how many BAD answers in a row end a session with
 	// BYE; default 3.
 	MaxBadCommands int `toml:"max_bad_commands"`
+}
+
+// Serialization is the cross-session ordering policy (rules.Serialization).
+type Serialization struct {
+	// SelectTakesSeen makes SELECT, EXAMINE, CLOSE, UNSELECT and LOGOUT
+	// take the user's seen lock, for backends that write session-cached
+	// \Seen state back at those points (Cyrus 2.3). Default false.
+	SelectTakesSeen bool `toml:"select_takes_seen"`
+}
+
+// ExplicitSeenOn reports whether explicit \Seen applies to b.
+func (b Backend) ExplicitSeenOn() bool {
+	switch b.ExplicitSeen {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	return b.Legacy
 }
 
 // Log configures the process logger.
@@ -369,6 +395,9 @@ func (c *Config) Effective() *Config {
 			b.MinVersion = b.MinVersionOrDefault()
 		}
 		b.DialTimeout.Duration = b.DialTimeoutOrDefault()
+		if b.ExplicitSeen == "" {
+			b.ExplicitSeen = "auto"
+		}
 	}
 	l := &e.Limits
 	l.MaxLine = l.MaxLineOrDefault()

@@ -209,6 +209,9 @@ func (v *validator) backends() map[string]bool {
 		if b.DialTimeout.Duration < 0 || b.DialTimeout.Duration == 0 && c.has(k+".dial_timeout") {
 			v.add(k+".dial_timeout", "%s: must be positive", b.DialTimeout)
 		}
+		if es := b.ExplicitSeen; es != "" && es != "auto" && es != "on" && es != "off" {
+			v.add(k+".explicit_seen", "%q: want \"auto\", \"on\" or \"off\"", es)
+		}
 		mode := b.TLSModeOrDefault()
 		if !mode.valid() {
 			v.add(k+".tls", "%q: want \"none\", \"starttls\" or \"implicit\"", b.TLS)

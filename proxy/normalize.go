@@ -1,13 +1,16 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"slices"
+	"strings"
 
 	"github.com/emersion/go-imap/v2"
 
 	"uidgate/proxy/imapwire"
+	"uidgate/rules"
 	"uidgate/sessionmap"
 )
 
@@ -22,9 +25,7 @@ import (
 func (ss *session) needsRewrite(rs *relayState, cmd imapwire.Command, kind cmdKind) bool {
 	switch kind {
 	case cmdFetch, cmdStore, cmdCopy, cmdMove:
-		if cmd.UID {
-			return false
-		}
+		// UID forms too: their locks and explicit \Seen need them parsed.
 	case cmdSearch, cmdSort, cmdThread:
 	default:
 		return false
@@ -108,9 +109,10 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 			}
 			continue
 		}
+		rw := !sel.readOnly
 		res, err := rewriteCommand(&c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
 			return sel.m.ClientSeqToUIDs(set)
-		}, &b)
+		}, rw && ss.explicitSeen, &b)
 		if err != nil {
 			rs.mu.Unlock()
 			if errors.Is(err, sessionmap.ErrUnresolved) && attempt < 3 {
@@ -142,11 +144,56 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 				b.lits[i].end += len(up) - len(tag)
 			}
 		}
+		// Registered before any wait for locks: from now on the command is
+		// in progress, and EXPUNGEs that it forbids are held.
 		rs.tags[up] = res.pc
 		if res.pc.resultsAreUIDs && !res.pc.esearch {
 			rs.searchQ = append(rs.searchQ, up)
 		}
+		req := rules.LockRequest{
+			Command:     strings.ToUpper(string(cmd.Name)),
+			UID:         cmd.UID,
+			Selected:    ss.canonical(rs.selected),
+			ReadWrite:   rw,
+			TouchesSeen: res.storeSeen || res.bodyFetch,
+		}
+		if res.target != "" {
+			req.Target = ss.canonical(res.target)
+		}
+		explicitSeen := res.bodyFetch && rw && ss.explicitSeen
 		rs.mu.Unlock()
+		release, err := ss.lock(req)
+		if err != nil {
+			rs.forget(up)
+			rs.mu.Lock()
+			if i := slices.Index(rs.searchQ, up); i >= 0 {
+				rs.searchQ = slices.Delete(rs.searchQ, i, i+1)
+			}
+			rs.cond.Broadcast()
+			rs.mu.Unlock()
+			return ss.lockFailed(tag, err)
+		}
+		rs.mu.Lock()
+		pc := rs.tags[up]
+		pc.release = release
+		rs.tags[up] = pc
+		var seenCmd []byte
+		if explicitSeen {
+			// The backend's own \Seen update is an unlocked read-modify-write;
+			// uidgate sets it with a STORE, under the seen lock, before the
+			// PEEK fetch. Its FLAGS reach the client as a compliant server's
+			// would (RFC 9051 §6.4.5).
+			rs.injectN++
+			st := injectTagPrefix + itoa(rs.injectN)
+			rs.tags[st] = pendingCmd{inject: injectSeen, seenFor: up}
+			seenCmd = []byte(st + " UID STORE " + res.uidSet + " +FLAGS (\\Seen)\r\n")
+		}
+		rs.mu.Unlock()
+		if seenCmd != nil {
+			if err := ss.writeUp(seenCmd, false); err != nil {
+				return err
+			}
+		}
 		if e := ss.log.Trace(); e.Enabled() {
 			e.Bytes("U", imapwire.TrimEOL(b.out[:min(len(b.out), traceMax)])).Send()
 		}
@@ -164,13 +211,16 @@ func (ss *session) sendBuilt(rs *relayState, tag string, b *builder, literalPlus
 		if err := ss.writeUp(b.out[from:l.hdr], false); err != nil {
 			return err
 		}
+		if hdr.Sync {
+			// Set before the header leaves: the "+" may come back at once.
+			rs.mu.Lock()
+			rs.litWait, rs.litPass = tag, false
+			rs.mu.Unlock()
+		}
 		if err := ss.writeUp(imapwire.AppendLiteralHeader(nil, hdr), hdr.Sync); err != nil {
 			return err
 		}
 		if hdr.Sync {
-			rs.mu.Lock()
-			rs.litWait, rs.litPass = tag, false
-			rs.mu.Unlock()
 			select {
 			case ok := <-rs.litCh:
 				if !ok {
@@ -181,6 +231,11 @@ func (ss *session) sendBuilt(rs *relayState, tag string, b *builder, literalPlus
 			}
 		}
 		from = l.data
+		if l.spool != nil {
+			if err := ss.writeSpool(l.spool); err != nil {
+				return err
+			}
+		}
 	}
 	return ss.writeUp(b.out[from:], true)
 }
@@ -591,8 +646,19 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 	}
 	sel := rs.sel
 	ok := imapwire.EqualFold(r.Name, "OK")
+	if pc.release != nil {
+		pc.release()
+	}
+	if pc.inject == injectSeen {
+		if !ok {
+			ss.log.Warn().Bytes("response", imapwire.TrimEOL(line)).Msg("explicit \\Seen failed")
+		}
+		return nil, true
+	}
 	if pc.inject != injectNone {
-		rs.injected = ""
+		if rs.injected == tag {
+			rs.injected = ""
+		}
 		if !ok {
 			ss.log.Warn().Bytes("response", imapwire.TrimEOL(line)).Msg("uidgate's own command failed")
 		}
@@ -781,12 +847,11 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 			}
 		}
 	}
-	wantsUID := false
+	wantsUID, rename := false, false
 	injectedResolve := rs.tags[rs.injected].inject == injectResolve
 	for _, pc := range rs.tags {
-		if pc.wantsUID {
-			wantsUID = true
-		}
+		wantsUID = wantsUID || pc.wantsUID
+		rename = rename || pc.renameRFC822
 	}
 	var msgno uint32
 	var prefix []byte
@@ -829,17 +894,32 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	b = append(b, "* "...)
 	b = appendUint(b, msgno)
 	b = append(b, " FETCH ("...)
+	body := line[listStart:]
 	if uidStart >= 0 && !wantsUID {
 		if items == 1 {
 			return prefixOrDrop(prefix, out)
 		}
-		b = append(b, line[listStart:uidStart]...)
-		b = append(b, line[uidEnd:]...)
-	} else {
-		b = append(b, line[listStart:]...)
+		body = append(append([]byte(nil), line[listStart:uidStart]...), line[uidEnd:]...)
 	}
+	if rename {
+		// RFC822 and RFC822.TEXT were fetched as BODY.PEEK[] and
+		// BODY.PEEK[TEXT] (explicit \Seen): answer with the names asked.
+		body = renameItem(body, "BODY[] ", "RFC822 ")
+		body = renameItem(body, "BODY[TEXT] ", "RFC822.TEXT ")
+	}
+	b = append(b, body...)
 	*out = b
 	return b, false
+}
+
+// renameItem replaces the FETCH item name from by to where it starts an
+// item (after "(" or " ").
+func renameItem(body []byte, from, to string) []byte {
+	i := bytes.Index(body, []byte(from))
+	if i < 0 || (i > 0 && body[i-1] != ' ' && body[i-1] != '(') {
+		return body
+	}
+	return append(append(append([]byte(nil), body[:i]...), to...), body[i+len(from):]...)
 }
 
 func prefixOrDrop(prefix []byte, out *[]byte) ([]byte, bool) {

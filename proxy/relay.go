@@ -38,6 +38,8 @@ const (
 	cmdSort
 	cmdThread
 	cmdEnable
+	cmdAppend
+	cmdExpunge
 )
 
 // injectKind marks commands uidgate sends for itself.
@@ -48,6 +50,7 @@ const (
 	injectBuild              // UID SEARCH ALL after SELECT: load the map
 	injectResync             // UID SEARCH ALL for a legacy backend: diff
 	injectResolve            // UID FETCH n:* (UID): learn new messages' UIDs
+	injectSeen               // UID STORE +FLAGS (\Seen): explicit \Seen
 )
 
 const (
@@ -78,9 +81,12 @@ type pendingCmd struct {
 	// sent while it is in progress (FETCH, STORE, SEARCH, and with them
 	// SORT and THREAD, whose results are message numbers too).
 	forbidsExpunge bool
-	wantsUID       bool // keep UID items in FETCH responses
-	resultsAreUIDs bool // its SEARCH/SORT/THREAD/ESEARCH results need mapping
-	esearch        bool // RETURN options: results come as ESEARCH
+	wantsUID       bool   // keep UID items in FETCH responses
+	resultsAreUIDs bool   // its SEARCH/SORT/THREAD/ESEARCH results need mapping
+	esearch        bool   // RETURN options: results come as ESEARCH
+	renameRFC822   bool   // BODY[] / BODY[TEXT] answer RFC822 / RFC822.TEXT asked for
+	release        func() // gives back the command's locks
+	seenFor        string // injectSeen: the client command it serves
 }
 
 // selState is where a selection is in its life.
@@ -184,11 +190,18 @@ func (ss *session) relay(ctx context.Context) {
 		ss.log.Warn().Err(err).Msg("relay ended")
 	}
 	ss.closeAll()
+	<-done
 	rs.mu.Lock()
 	rs.ended = true
 	rs.cond.Broadcast()
+	// Locks of commands that will never be answered go back now.
+	for tag, pc := range rs.tags {
+		if pc.release != nil {
+			pc.release()
+		}
+		delete(rs.tags, tag)
+	}
 	rs.mu.Unlock()
-	<-done
 }
 
 // writeUp writes to the backend; flush sends it.
@@ -273,6 +286,12 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		if kind == cmdEnable {
 			line = filterEnable(line, cmd)
 		}
+		if kind == cmdAppend {
+			if err := ss.appendSpooled(rs, cmd, line, literalPlus); err != nil {
+				return err
+			}
+			continue
+		}
 		pc := pendingCmd{kind: kind, wantsUID: cmd.UID}
 		if kind == cmdClose {
 			// RFC 9051 §6.4.1: CLOSE sends no EXPUNGE responses.
@@ -290,6 +309,14 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		if up != tag {
 			pc.clientTag = tag
 			line = append([]byte(up), line[len(tag):]...)
+		}
+		if release, err := ss.lockPassthrough(rs, cmd, kind); err != nil {
+			if err := ss.lockFailed(tag, err); err != nil {
+				return err
+			}
+			continue
+		} else {
+			pc.release = release
 		}
 		rs.mu.Lock()
 		rs.tags[up] = pc
@@ -519,6 +546,10 @@ func kindOf(cmd imapwire.Command) cmdKind {
 		return cmdSort
 	case imapwire.EqualFold(n, "THREAD"):
 		return cmdThread
+	case imapwire.EqualFold(n, "EXPUNGE"):
+		return cmdExpunge // and UID EXPUNGE (RFC 4315)
+	case imapwire.EqualFold(n, "APPEND"):
+		return cmdAppend
 	}
 	if cmd.UID {
 		return cmdOther

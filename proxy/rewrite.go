@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -23,6 +24,9 @@ type wireCmd struct {
 type litSpan struct {
 	hdr, data, end int
 	lit            imapwire.Literal
+	// spool holds the data instead of buf (data == end) for large
+	// APPEND literals.
+	spool *spool
 }
 
 // builder assembles a rewritten command, keeping track of the literals it
@@ -44,7 +48,7 @@ func (b *builder) copySpan(c *wireCmd, from, to int) {
 		b.out = imapwire.AppendLiteralHeader(b.out, l.lit)
 		data := len(b.out)
 		b.out = append(b.out, c.buf[l.data:l.end]...)
-		b.lits = append(b.lits, litSpan{hdr: hdr, data: data, end: len(b.out), lit: l.lit})
+		b.lits = append(b.lits, litSpan{hdr: hdr, data: data, end: len(b.out), lit: l.lit, spool: l.spool})
 		from = l.end
 	}
 	b.out = append(b.out, c.buf[from:to]...)
@@ -62,6 +66,13 @@ type rewriteResult struct {
 	// sending anything upstream ("OK ...", "BAD ...", "NO ...").
 	answer string
 	pc     pendingCmd
+	// uidSet is the set sent upstream (UIDs, or "$").
+	uidSet string
+	// target is the destination mailbox of COPY/MOVE as the client named it.
+	target string
+	// storeSeen: a STORE whose flags name \Seen; bodyFetch: a FETCH of a
+	// body part without .PEEK, which sets \Seen (RFC 9051 §6.4.5).
+	storeSeen, bodyFetch bool
 }
 
 // uidSetOf translates a client sequence set with the session's map.
@@ -70,7 +81,9 @@ type uidSetOf func(set imap.SeqSet) (imap.UIDSet, error)
 // rewriteCommand turns a message-number command into its UID form using
 // the client's view at the moment it arrived (RFC 3501 §6.4.8, RFC 9051
 // §6.4.9). It returns the bytes to send upstream in b.
-func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSetOf, b *builder) (rewriteResult, error) {
+//
+// With peek, a FETCH that would set \Seen is sent in its .PEEK form.
+func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSetOf, peek bool, b *builder) (rewriteResult, error) {
 	var res rewriteResult
 	res.pc = pendingCmd{kind: kind, rewritten: true}
 	name := strings.ToUpper(string(cmd.Name))
@@ -81,10 +94,8 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 	rest := cmd.Args
 	switch kind {
 	case cmdFetch, cmdStore, cmdCopy, cmdMove:
-		if cmd.UID {
-			return res, errors.New("already a UID command")
-		}
-		res.pc.forbidsExpunge = kind == cmdFetch || kind == cmdStore
+		res.pc.forbidsExpunge = !cmd.UID && (kind == cmdFetch || kind == cmdStore)
+		res.pc.wantsUID = cmd.UID
 		d2 := imapwire.NewDecoder(c.buf[rest:])
 		tok, _ := d2.SeqSetToken()
 		if len(tok) == 0 {
@@ -92,10 +103,13 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 		}
 		end := rest + len(tok)
 		b.out = append(b.out, ' ')
-		if string(tok) == "$" {
-			// RFC 5182 §2: "$" is the saved result, valid in UID commands.
-			b.out = append(b.out, '$')
-		} else {
+		setStart := len(b.out)
+		switch {
+		case string(tok) == "$" || cmd.UID:
+			// RFC 5182 §2: "$" is the saved result, valid in UID commands;
+			// a UID command's set is sent as it is.
+			b.out = append(b.out, tok...)
+		default:
 			set, err := parseSeqSet(tok)
 			if err != nil {
 				return rewriteResult{answer: "BAD Invalid sequence set"}, nil
@@ -111,8 +125,29 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 			}
 			b.out = appendUIDSet(b.out, uids)
 		}
-		if kind == cmdFetch {
-			res.pc.wantsUID = fetchAsksUID(c.buf[end:])
+		res.uidSet = string(b.out[setStart:])
+		args := c.buf[end:]
+		switch kind {
+		case cmdFetch:
+			if !cmd.UID {
+				res.pc.wantsUID = fetchAsksUID(args)
+			}
+			res.bodyFetch = fetchSetsSeen(args)
+			if res.bodyFetch && peek {
+				// Explicit \Seen: fetch with .PEEK; uidgate sets \Seen itself
+				// under the seen lock (see rewriteAndSend).
+				items, rfc822 := peekItems(c.buf[end:])
+				res.pc.renameRFC822 = rfc822
+				b.out = append(b.out, items...)
+				return res, nil
+			}
+		case cmdStore:
+			res.storeSeen = bytes.Contains(bytes.ToUpper(args), []byte(`\SEEN`))
+		case cmdCopy, cmdMove:
+			d3 := imapwire.NewDecoder(args)
+			if d3.SP() {
+				res.target, _ = d3.AString()
+			}
 		}
 		b.copySpan(c, end, len(c.buf))
 		return res, nil
@@ -136,6 +171,75 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 		return res, nil
 	}
 	return res, fmt.Errorf("cannot rewrite %s", name)
+}
+
+// fetchSetsSeen reports whether FETCH items fetch a body part without
+// .PEEK: BODY[...], BINARY[...], RFC822, RFC822.TEXT (RFC 9051 §6.4.5).
+func fetchSetsSeen(items []byte) bool {
+	_, changed := peekItemsChanged(items)
+	return changed
+}
+
+// peekItems rewrites FETCH items into their .PEEK forms; rfc822 reports
+// that RFC822 or RFC822.TEXT became BODY.PEEK[] or BODY.PEEK[TEXT], whose
+// responses must be renamed back.
+func peekItems(items []byte) ([]byte, bool) {
+	out, _ := peekItemsChanged(items)
+	d := imapwire.NewDecoder(items)
+	rfc822 := false
+	walkItems(d, items, func(name []byte) {
+		if imapwire.EqualFold(name, "RFC822") || imapwire.EqualFold(name, "RFC822.TEXT") {
+			rfc822 = true
+		}
+	})
+	return out, rfc822
+}
+
+func peekItemsChanged(items []byte) ([]byte, bool) {
+	var out []byte
+	changed := false
+	last := 0
+	d := imapwire.NewDecoder(items)
+	walkItemsAt(d, items, func(start, end int) {
+		name := items[start:end]
+		var repl string
+		upper := strings.ToUpper(string(name))
+		switch {
+		case strings.HasPrefix(upper, "BODY["):
+			repl = "BODY.PEEK[" + string(name[len("BODY["):])
+		case strings.HasPrefix(upper, "BINARY["):
+			repl = "BINARY.PEEK[" + string(name[len("BINARY["):])
+		case upper == "RFC822":
+			repl = "BODY.PEEK[]"
+		case upper == "RFC822.TEXT":
+			repl = "BODY.PEEK[TEXT]"
+		default:
+			return
+		}
+		out = append(out, items[last:start]...)
+		out = append(out, repl...)
+		last = end
+		changed = true
+	})
+	return append(out, items[last:]...), changed
+}
+
+func walkItems(d *imapwire.Decoder, items []byte, fn func(name []byte)) {
+	walkItemsAt(d, items, func(s, e int) { fn(items[s:e]) })
+}
+
+// walkItemsAt calls fn with the span of each top-level FETCH item.
+func walkItemsAt(d *imapwire.Decoder, items []byte, fn func(start, end int)) {
+	for !d.EOL() {
+		if d.SP() || d.Special('(') || d.Special(')') {
+			continue
+		}
+		start := d.Pos()
+		if !d.SkipValue() {
+			return
+		}
+		fn(start, d.Pos())
+	}
 }
 
 // fetchAsksUID reports whether FETCH items name UID.

@@ -17,6 +17,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"uidgate/proxy/imapwire"
+	"uidgate/proxy/locks"
+	"uidgate/rules"
 	"uidgate/upstream"
 )
 
@@ -65,8 +67,17 @@ type Server struct {
 	IdleTimeout    time.Duration
 	// MaxBadCommands before authentication (DefaultMaxBadCommands if zero).
 	MaxBadCommands int
+	// Locks serializes conflicting commands across sessions; nil uses one
+	// in-process manager for this Server.
+	Locks locks.Manager
+	// LockTimeout bounds a lock wait (DefaultLockTimeout if zero); past it
+	// the command is answered NO [INUSE] and not sent.
+	LockTimeout time.Duration
+	// Serialization says which commands take which locks.
+	Serialization rules.Serialization
 
 	mu        sync.Mutex
+	memLocks  *locks.Memory
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
 	wg        sync.WaitGroup

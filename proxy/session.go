@@ -52,12 +52,15 @@ type session struct {
 	up      *upstream.Conn
 	bad     int
 	rs      *relayState
-	legacy  bool          // the backend's numbers are never trusted
-	uw      *bufio.Writer // to the backend, under upMu
-	upMu    sync.Mutex
-	done    chan struct{} // closed when the session is torn down
-	closing atomic.Bool
-	connMu  sync.Mutex // guards conn and up against closeAll from elsewhere
+	legacy  bool // the backend's numbers are never trusted
+	// explicitSeen: non-PEEK body fetches go as .PEEK plus a STORE \Seen.
+	explicitSeen   bool
+	cyrusNamespace bool
+	uw             *bufio.Writer // to the backend, under upMu
+	upMu           sync.Mutex
+	done           chan struct{} // closed when the session is torn down
+	closing        atomic.Bool
+	connMu         sync.Mutex // guards conn and up against closeAll from elsewhere
 
 	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
 	closeOnce         sync.Once
@@ -556,6 +559,8 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	}
 	ss.user, ss.backend = user, b.Name
 	ss.legacy = b.Legacy
+	ss.explicitSeen = b.ExplicitSeen
+	ss.cyrusNamespace = b.CyrusNamespace
 	ss.log = log
 	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
 	caps := rules.ClientCaps(up.Caps)

@@ -196,7 +196,7 @@ func runTranscript(t *testing.T, file string) {
 			srv.MaxLine, _ = strconv.Atoi(v)
 		}
 		if strings.TrimSpace(l) == "@legacy" {
-			backend.Legacy = true
+			backend.Legacy, backend.ExplicitSeen = true, true
 		}
 	}
 	cc, sc := tcpPair(t)

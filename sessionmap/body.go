@@ -10,7 +10,7 @@ import (
 
 // The body holds every message whose UID is known and that the client has
 // been told of, in UID order: all of the client view except its tail (see
-// tail.go). A message of the body is either present upstream too, or a
+// trun in map.go). A message of the body is either present upstream too, or a
 // pending expunge (gone upstream, not yet announced to the client).
 //
 // Messages are stored as runs of consecutive UIDs sharing the same pending
@@ -19,12 +19,13 @@ import (
 //	uvarint(gap) uvarint(n<<1 | pending)
 //
 // where gap is the distance from the end of the previous run in the chunk
-// (the first run of a chunk starts at chunk.first, gap 0). A dense mailbox is
-// one run; a run of one message costs 2 bytes when UIDs are close (every
-// other UID), at most 3 bytes on average since a mailbox of n messages spans
-// at most 2³² UIDs. Two Fenwick trees over the chunks' message and pending
-// counts give rank and select in O(log chunks) plus the decoding of one
-// chunk; a change re-encodes one chunk, never the whole mailbox.
+// (the first run of a chunk starts at chunk.first, gap 0). A dense mailbox
+// is one run. A run of one message costs 2 bytes when UIDs are close
+// (every other UID) and 3 bytes with gaps below 16,384, which is the most
+// a mailbox of 1,000,000 messages can average in 2³² UIDs. Two Fenwick
+// trees over the chunks' message and pending counts give rank and select
+// in O(log chunks) plus the decoding of one chunk; a change re-encodes one
+// chunk, never the whole mailbox.
 const (
 	// maxChunkBytes bounds one chunk's encoding, hence the linear part of a
 	// lookup (decoding at most this many bytes).

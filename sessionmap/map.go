@@ -110,10 +110,9 @@ func (m *Map) Reset() {
 // (ErrZeroUID) or more than MaxMessages UIDs (ErrTooMany) is an error and
 // leaves the map unchanged.
 func (m *Map) Load(uids []uint32) error {
-	if err := sortUIDs(uids); err != nil {
+	if n, err := sortUIDs(uids); err != nil {
 		return err
-	}
-	if uniqueCount(uids) > m.limit() {
+	} else if n > m.limit() {
 		return ErrTooMany
 	}
 	m.Reset()
@@ -772,11 +771,10 @@ func (m *Map) dropTailPending() {
 // mailbox (UID SEARCH ALL), for backends whose message numbers are not
 // trusted. It sorts uids in place. See ResyncSet.
 func (m *Map) Resync(uids []uint32) (ResyncStats, error) {
-	if err := sortUIDs(uids); err != nil {
-		return ResyncStats{}, err
-	}
 	// Afterwards every message is in the list or in the client view.
-	if uint64(m.ClientCount())+uniqueCount(uids) > m.limit() {
+	if n, err := sortUIDs(uids); err != nil {
+		return ResyncStats{}, err
+	} else if uint64(m.ClientCount())+n > m.limit() {
 		return ResyncStats{}, ErrTooMany
 	}
 	st := m.resync(&cursor{uids: uids, at: 1})

@@ -67,15 +67,27 @@ func uidRanges(dst []urange, set imap.UIDSet, star uint32) ([]urange, error) {
 	return mergeRanges(dst), nil
 }
 
-// sortUIDs sorts uids in place (duplicates stay); a zero UID is an error.
-func sortUIDs(uids []uint32) error {
-	if slices.Contains(uids, 0) {
-		return ErrZeroUID
+// sortUIDs sorts uids in place (duplicates stay) and counts the distinct
+// ones; a zero UID is an error.
+func sortUIDs(uids []uint32) (unique uint64, err error) {
+	sorted := true
+	for i, u := range uids {
+		switch {
+		case u == 0:
+			return 0, ErrZeroUID
+		case i == 0:
+			unique++
+		case u > uids[i-1]:
+			unique++
+		case u < uids[i-1]:
+			sorted = false
+		}
 	}
-	if !slices.IsSorted(uids) {
-		slices.Sort(uids)
+	if sorted {
+		return unique, nil
 	}
-	return nil
+	slices.Sort(uids)
+	return uniqueCount(uids), nil
 }
 
 // appendUIDRange appends lo:hi to s, extending its last range if they touch.

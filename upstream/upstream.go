@@ -54,6 +54,11 @@ type Backend struct {
 	// Legacy marks a backend whose message numbers are never trusted; it
 	// is the relay's business, carried here with the backend's address.
 	Legacy bool
+	// ExplicitSeen: the relay sets \Seen itself instead of letting a body
+	// fetch do it (on by default for legacy backends).
+	ExplicitSeen bool
+	// CyrusNamespace: mailbox names follow the Cyrus classic namespace.
+	CyrusNamespace bool
 	// Dial, if set, replaces net.Dialer.DialContext (tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }

@@ -11,6 +11,7 @@ import (
 
 	"uidgate/configs"
 	"uidgate/proxy"
+	"uidgate/rules"
 	"uidgate/upstream"
 )
 
@@ -69,11 +70,14 @@ func newServer(c *configs.Config, log *zerolog.Logger) (*proxy.Server, error) {
 			return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 		}
 		backends[b.Name] = &upstream.Backend{
-			Name:        b.Name,
-			Address:     b.Address,
-			TLS:         upstream.TLSMode(b.TLSModeOrDefault()),
-			TLSConfig:   tc,
-			DialTimeout: b.DialTimeoutOrDefault(),
+			Name:           b.Name,
+			Address:        b.Address,
+			TLS:            upstream.TLSMode(b.TLSModeOrDefault()),
+			TLSConfig:      tc,
+			DialTimeout:    b.DialTimeoutOrDefault(),
+			Legacy:         b.Legacy,
+			ExplicitSeen:   b.ExplicitSeenOn(),
+			CyrusNamespace: b.CyrusNamespace,
 		}
 	}
 	return &proxy.Server{
@@ -91,6 +95,8 @@ func newServer(c *configs.Config, log *zerolog.Logger) (*proxy.Server, error) {
 		PreauthTimeout: c.Limits.PreauthTimeoutOrDefault(),
 		IdleTimeout:    c.Limits.IdleTimeoutOrDefault(),
 		MaxBadCommands: c.Limits.MaxBadCommandsOrDefault(),
+		LockTimeout:    c.Limits.LockTimeoutOrDefault(),
+		Serialization:  rules.Serialization{SelectTakesSeen: c.Serialization.SelectTakesSeen},
 	}, nil
 }
 

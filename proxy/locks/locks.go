@@ -1,0 +1,133 @@
+// Package locks grants named keys to one holder at a time, first come
+// first served. uidgate takes a command's keys (its mailbox, the user's
+// seen state) just before sending it to the backend and gives them back on
+// its tagged response, so that conflicting commands of different sessions
+// reach a legacy backend one after the other.
+package locks
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+)
+
+// ErrTimeout is returned when keys could not be had before the context
+// ended; the command is answered NO [INUSE] and not sent.
+var ErrTimeout = errors.New("locks: wait timed out")
+
+// Manager grants keys. Acquire takes every key (in sorted order, so that
+// two holders never wait on each other) or none; release gives them back
+// and must be called exactly once. Implementations: Memory (one process);
+// a distributed one (e.g. etcd leases) can replace it for several
+// instances.
+type Manager interface {
+	Acquire(ctx context.Context, keys []string) (release func(), err error)
+}
+
+// Memory is the in-process Manager. The zero value is ready to use.
+type Memory struct {
+	mu   sync.Mutex
+	keys map[string]*queue
+}
+
+var _ Manager = (*Memory)(nil)
+
+// queue is one key: held or not, and its waiters in arrival order. A
+// waiter's channel is closed when the key passes to it.
+type queue struct {
+	held    bool
+	waiters []chan struct{}
+}
+
+// Acquire takes keys, waiting FIFO behind earlier holders of each. If ctx
+// ends first, keys already taken are released and ErrTimeout (wrapping the
+// context's error) is returned.
+func (m *Memory) Acquire(ctx context.Context, keys []string) (func(), error) {
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	taken := 0
+	for _, k := range keys {
+		if err := m.acquire(ctx, k); err != nil {
+			for _, held := range keys[:taken] {
+				m.release(held)
+			}
+			return nil, errors.Join(ErrTimeout, err)
+		}
+		taken++
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			for i := len(keys) - 1; i >= 0; i-- {
+				m.release(keys[i])
+			}
+		})
+	}, nil
+}
+
+func (m *Memory) acquire(ctx context.Context, key string) error {
+	m.mu.Lock()
+	if m.keys == nil {
+		m.keys = make(map[string]*queue)
+	}
+	q := m.keys[key]
+	if q == nil {
+		q = &queue{}
+		m.keys[key] = q
+	}
+	if !q.held {
+		q.held = true
+		m.mu.Unlock()
+		return nil
+	}
+	ch := make(chan struct{})
+	q.waiters = append(q.waiters, ch)
+	m.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		select {
+		case <-ch:
+			// Granted while timing out: pass it on.
+			m.releaseLocked(key)
+		default:
+			if i := slices.Index(q.waiters, ch); i >= 0 {
+				q.waiters = slices.Delete(q.waiters, i, i+1)
+			}
+		}
+		return ctx.Err()
+	}
+}
+
+func (m *Memory) release(key string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.releaseLocked(key)
+}
+
+func (m *Memory) releaseLocked(key string) {
+	q := m.keys[key]
+	if q == nil || !q.held {
+		return
+	}
+	if len(q.waiters) > 0 {
+		ch := q.waiters[0]
+		q.waiters = slices.Delete(q.waiters, 0, 1)
+		close(ch) // the key passes to the next waiter, still held
+		return
+	}
+	q.held = false
+	delete(m.keys, key)
+}
+
+// Held reports how many keys are held, for tests and metrics.
+func (m *Memory) Held() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.keys)
+}
