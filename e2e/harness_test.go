@@ -12,6 +12,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -98,6 +99,7 @@ func startGate(t testing.TB, o gateOpts) *gate {
 		}
 		if t.Failed() {
 			t.Logf("uidgate log (tail):\n%s", tailString(logs.String(), 6000))
+			os.WriteFile("/tmp/gate.log", []byte(logs.String()), 0o644)
 		}
 	})
 	return &gate{Addr: ln.Addr().String(), Srv: srv, Logs: logs}

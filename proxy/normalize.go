@@ -176,17 +176,24 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 		rs.mu.Lock()
 		pc := rs.tags[up]
 		pc.release = release
+		if explicitSeen {
+			if set, err := parseUIDSet([]byte(res.uidSet)); err == nil {
+				pc.seenUIDs = set
+			} else {
+				pc.seenAll = true
+			}
+		}
 		rs.tags[up] = pc
 		var seenCmd []byte
 		if explicitSeen {
 			// The backend's own \Seen update is an unlocked read-modify-write;
-			// uidgate sets it with a STORE, under the seen lock, before the
-			// PEEK fetch. Its FLAGS reach the client as a compliant server's
-			// would (RFC 9051 §6.4.5).
+			// uidgate sets it with a silent STORE, under the seen lock, before
+			// the PEEK fetch, whose FLAGS then report it as a compliant
+			// server's implicit \Seen would be (RFC 9051 §6.4.5).
 			rs.injectN++
 			st := injectTagPrefix + itoa(rs.injectN)
 			rs.tags[st] = pendingCmd{inject: injectSeen, seenFor: up}
-			seenCmd = []byte(st + " UID STORE " + res.uidSet + " +FLAGS (\\Seen)\r\n")
+			seenCmd = []byte(st + " UID STORE " + res.uidSet + " +FLAGS.SILENT (\\Seen)\r\n")
 		}
 		rs.mu.Unlock()
 		if seenCmd != nil {
@@ -890,6 +897,15 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	if injectedResolve && items == 1 && uidStart >= 0 {
 		return nil, true // uidgate's own UID FETCH
 	}
+	if uid != 0 && onlyFlags(line[listStart:]) {
+		for _, pc := range rs.tags {
+			if pc.seenAll || pc.seenUIDs.Contains(imap.UID(uid)) {
+				// The report of uidgate's own STORE \Seen: the FETCH in
+				// flight answers with FLAGS itself, as one response.
+				return prefixOrDrop(prefix, out)
+			}
+		}
+	}
 	b := append((*out)[:0], prefix...)
 	b = append(b, "* "...)
 	b = appendUint(b, msgno)
@@ -920,6 +936,29 @@ func renameItem(body []byte, from, to string) []byte {
 		return body
 	}
 	return append(append(append([]byte(nil), body[:i]...), to...), body[i+len(from):]...)
+}
+
+// onlyFlags reports whether a FETCH item list holds only FLAGS and UID
+// (and MODSEQ), i.e. is a flag-change report.
+func onlyFlags(list []byte) bool {
+	d := imapwire.NewDecoder(list)
+	n := 0
+	for !d.EOL() && !d.Special(')') {
+		d.SP()
+		start := d.Pos()
+		if !d.SkipValue() {
+			return false
+		}
+		name := list[start:d.Pos()]
+		if !imapwire.EqualFold(name, "FLAGS") && !imapwire.EqualFold(name, "UID") && !imapwire.EqualFold(name, "MODSEQ") {
+			return false
+		}
+		if !d.SP() || !d.SkipValue() {
+			return false
+		}
+		n++
+	}
+	return n > 0
 }
 
 func prefixOrDrop(prefix []byte, out *[]byte) ([]byte, bool) {

@@ -87,6 +87,11 @@ type pendingCmd struct {
 	renameRFC822   bool   // BODY[] / BODY[TEXT] answer RFC822 / RFC822.TEXT asked for
 	release        func() // gives back the command's locks
 	seenFor        string // injectSeen: the client command it serves
+	// seenUIDs: a FETCH sent as .PEEK after uidgate's STORE \Seen; a
+	// backend's separate FLAGS-only report for these UIDs is dropped, the
+	// FETCH's own FLAGS carry it (nil with seenAll: every UID, for "$").
+	seenUIDs imap.UIDSet
+	seenAll  bool
 }
 
 // selState is where a selection is in its life.

@@ -138,7 +138,9 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 				// under the seen lock (see rewriteAndSend).
 				items, rfc822 := peekItems(c.buf[end:])
 				res.pc.renameRFC822 = rfc822
-				b.out = append(b.out, items...)
+				// The \Seen set by uidgate's STORE is reported in this same
+				// response, as a compliant server reports its implicit \Seen.
+				b.out = append(b.out, withFlagsItem(items)...)
 				return res, nil
 			}
 		case cmdStore:
@@ -240,6 +242,32 @@ func walkItemsAt(d *imapwire.Decoder, items []byte, fn func(start, end int)) {
 		}
 		fn(start, d.Pos())
 	}
+}
+
+// withFlagsItem adds FLAGS to FETCH items (" item" or " (items)", with
+// CRLF) unless they name it.
+func withFlagsItem(items []byte) []byte {
+	has := false
+	walkItems(imapwire.NewDecoder(items), items, func(name []byte) {
+		if imapwire.EqualFold(name, "FLAGS") {
+			has = true
+		}
+	})
+	if has {
+		return items
+	}
+	body := bytes.TrimRight(items, "\r\n")
+	trimmed := bytes.TrimLeft(body, " ")
+	var out []byte
+	if len(trimmed) > 0 && trimmed[0] == '(' && trimmed[len(trimmed)-1] == ')' {
+		out = append(out, body[:len(body)-1]...)
+		out = append(out, " FLAGS)"...)
+	} else {
+		out = append(out, " ("...)
+		out = append(out, trimmed...)
+		out = append(out, " FLAGS)"...)
+	}
+	return append(out, "\r\n"...)
 }
 
 // fetchAsksUID reports whether FETCH items name UID.
