@@ -12,7 +12,6 @@ import (
 	"errors"
 	"math/big"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -99,7 +98,6 @@ func startGate(t testing.TB, o gateOpts) *gate {
 		}
 		if t.Failed() {
 			t.Logf("uidgate log (tail):\n%s", tailString(logs.String(), 6000))
-			os.WriteFile("/tmp/gate.log", []byte(logs.String()), 0o644)
 		}
 	})
 	return &gate{Addr: ln.Addr().String(), Srv: srv, Logs: logs}
