@@ -42,6 +42,8 @@ type Config struct {
 	Serialization Serialization `toml:"serialization"`
 	// Log configures logging.
 	Log Log `toml:"log"`
+	// Metrics configures the HTTP listener for /metrics, /healthz, /readyz.
+	Metrics Metrics `toml:"metrics"`
 
 	// file is the name given to Parse; lines maps each key as written,
 	// with array indexes ("listener.0.address"), to its 1-based line.
@@ -180,6 +182,13 @@ func (b Backend) ExplicitSeenOn() bool {
 		return false
 	}
 	return b.Legacy
+}
+
+// Metrics is the operations HTTP listener.
+type Metrics struct {
+	// Address is host:port for Prometheus /metrics, /healthz and /readyz;
+	// empty (default) serves none. Keep it off the public network.
+	Address string `toml:"address"`
 }
 
 // Log configures the process logger.

@@ -27,6 +27,7 @@ func (c *Config) Validate() error {
 	v := &validator{c: c}
 	v.listeners()
 	v.tlsDefaults()
+	v.metrics()
 	names := v.backends()
 	v.routes(names)
 	v.limits()
@@ -176,6 +177,14 @@ func checkHostPort(addr string, backend bool) error {
 		return fmt.Errorf("%q: port 0", addr)
 	}
 	return nil
+}
+
+func (v *validator) metrics() {
+	if a := v.c.Metrics.Address; a != "" {
+		if err := checkHostPort(a, false); err != nil {
+			v.add("metrics.address", "%v", err)
+		}
+	}
 }
 
 func (v *validator) tlsDefaults() {

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,7 +45,7 @@ func TestServeBinary(t *testing.T) {
 	checkNoLeaks(t)
 	bin := buildUidgate(t)
 	be := startBackend(t, "dovecot")
-	listen := freePort(t)
+	listen, metricsAddr := freePort(t), freePort(t)
 	cfg := filepath.Join(t.TempDir(), "uidgate.toml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`
 [[listener]]
@@ -72,7 +74,10 @@ backend = "dovecot"
 
 [log]
 level = "debug"
-`, listen, be.Addr)), 0o600)
+
+[metrics]
+address = %q
+`, listen, be.Addr, metricsAddr)), 0o600)
 
 	var logs bytes.Buffer
 	cmd := exec.Command(bin, "serve", "-config", cfg)
@@ -125,6 +130,23 @@ level = "debug"
 	}
 	fmt.Fprintf(conn, "a3 SELECT INBOX\r\n")
 	for l := read(); !strings.HasPrefix(l, "a3 "); l = read() {
+	}
+	// Operations endpoint: health, readiness, and the metrics of what just
+	// happened.
+	for path, want := range map[string]string{
+		"/healthz": "ok",
+		"/readyz":  "ready",
+		"/metrics": `uidgate_logins_total{backend="dovecot",result="ok"} 1`,
+	} {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %d, want %q in:\n%s", path, resp.StatusCode, want, tailString(string(body), 3000))
+		}
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

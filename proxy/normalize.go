@@ -488,6 +488,7 @@ func (ss *session) loadInjected(rs *relayState, sel *selection) error {
 	}
 	var st sessionmap.ResyncStats
 	var err error
+	ss.srv.Metrics.resync()
 	if rs.injectES {
 		st, err = sel.m.ResyncSet(rs.injectSet)
 	} else {
@@ -531,6 +532,8 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		}
 		if _, err := sel.m.ExpungeUpstream(r.Num); err != nil {
 			ss.log.Warn().Err(err).Uint32("msgno", r.Num).Msg("EXPUNGE out of range")
+		} else {
+			ss.srv.Metrics.held(1)
 		}
 		if rs.idling && ss.mayRelease(rs, "") {
 			// RFC 9051 §6.3.13: during IDLE, updates go out at once.
@@ -623,6 +626,7 @@ func (ss *session) mayRelease(rs *relayState, except string) bool {
 // the "* n EXPUNGE" lines, highest number first so none shifts.
 func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte) []byte {
 	nums := sel.m.ReleaseExpunges(nil)
+	ss.srv.Metrics.released(len(nums))
 	b := (*out)[:0]
 	for _, n := range nums {
 		b = append(b, "* "...)

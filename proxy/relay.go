@@ -275,6 +275,7 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			continue
 		}
 		kind := kindOf(cmd)
+		ss.srv.Metrics.command(cmd.Name, cmd.UID, !cmd.UID && kind >= cmdFetch && kind <= cmdThread)
 		if kind != cmdLogout {
 			// A legacy backend's numbers are never trusted: after it
 			// reported EXPUNGE/EXISTS, learn the truth by UID first.

@@ -70,6 +70,7 @@ func (ss *session) lock(req rules.LockRequest) (func(), error) {
 	}()
 	t0 := time.Now()
 	release, err := ss.srv.locks().Acquire(ctx, keys)
+	ss.srv.Metrics.lockWaited(time.Since(t0), err != nil)
 	if d := time.Since(t0); d > 100*time.Millisecond {
 		ss.log.Debug().Strs("keys", keys).Dur("waited", d).Msg("lock wait")
 	}

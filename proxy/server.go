@@ -75,6 +75,8 @@ type Server struct {
 	LockTimeout time.Duration
 	// Serialization says which commands take which locks.
 	Serialization rules.Serialization
+	// Metrics, if set, records Prometheus metrics (see NewMetrics).
+	Metrics *Metrics
 
 	mu        sync.Mutex
 	memLocks  *locks.Memory

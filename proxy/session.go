@@ -165,6 +165,8 @@ func (ss *session) run(ctx context.Context) {
 		ss.setConn(tc)
 	}
 	ss.log.Info().Msg("session start")
+	ss.srv.Metrics.sessionStart(ss.lis.Name)
+	defer func() { ss.srv.Metrics.sessionEnd(ss.lis.Name, ss.bytesIn.Load(), ss.bytesOut.Load()) }()
 	if !ss.preauth(ctx) {
 		return
 	}
@@ -521,6 +523,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	b, ok := ss.srv.Route(user)
 	if !ok {
 		ss.log.Info().Str("user", user).Msg("no route for user")
+		ss.srv.Metrics.login("", "no_route", 0)
 		// Same answer as a wrong password: do not reveal which users exist.
 		ss.sendf("%s NO [AUTHENTICATIONFAILED] Authentication failed", tag)
 		return false
@@ -530,6 +533,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	up, err := upstream.Dial(ctx, b)
 	if err != nil {
 		log.Warn().Err(err).Msg("backend unavailable")
+		ss.srv.Metrics.login(b.Name, "unavailable", 0)
 		ss.sendf("%s NO [UNAVAILABLE] Backend unavailable, try again later", tag)
 		return false
 	}
@@ -537,12 +541,14 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	if err != nil {
 		up.Close()
 		log.Warn().Err(err).Msg("backend login failed")
+		ss.srv.Metrics.login(b.Name, "unavailable", 0)
 		ss.sendf("%s NO [UNAVAILABLE] Backend unavailable, try again later", tag)
 		return false
 	}
 	if !st.OK() {
 		up.Close()
 		log.Info().Str("status", st.Name).Msg("login refused by backend")
+		ss.srv.Metrics.login(b.Name, "failed", time.Since(t0))
 		code := st.Code
 		if code == "" {
 			code = "AUTHENTICATIONFAILED"
@@ -563,6 +569,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	ss.cyrusNamespace = b.CyrusNamespace
 	ss.log = log
 	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
+	ss.srv.Metrics.login(b.Name, "ok", time.Since(t0))
 	caps := rules.ClientCaps(up.Caps)
 	ss.sendf("%s OK [CAPABILITY %s] %s", tag, strings.Join(caps, " "), sanitizeText(st.Text, pass))
 	return true

@@ -114,6 +114,27 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	o := newOps(func() []string {
+		addrs := make([]string, len(c.Backends))
+		for i, b := range c.Backends {
+			addrs[i] = b.Address
+		}
+		return addrs
+	})
+	srv.Metrics = o.metrics
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	opsDone := make(chan error, 1)
+	if c.Metrics.Address != "" {
+		ln, err := net.Listen("tcp", c.Metrics.Address)
+		if err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		go func() { opsDone <- serveOps(ctx, ln, o, &log) }()
+	} else {
+		opsDone <- nil
+	}
+	defer func() { <-opsDone }()
 	type bound struct {
 		ln net.Listener
 		l  proxy.Listener
@@ -138,6 +159,7 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 			RequireTLS: l.RequireTLS,
 		}})
 	}
+	o.bound.Store(true)
 	errs := make(chan error, len(lns))
 	for _, b := range lns {
 		log.Info().Str("address", b.ln.Addr().String()).Str("tls", string(b.l.TLS)).Msg("listening")
