@@ -160,6 +160,14 @@ type Limits struct {
 	// LockTimeout is how long a command waits for a mailbox lock before
 	// being answered NO [INUSE]; default 30s.
 	LockTimeout Duration `toml:"lock_timeout"`
+	// MaxConnections bounds client connections in total; default 20000.
+	MaxConnections int `toml:"max_connections"`
+	// MaxConnectionsPerIP bounds client connections from one address;
+	// default 200.
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// AuthFailureDelay is added per recent failed login from one address
+	// before the next failure is answered (up to 10s); default "1s".
+	AuthFailureDelay Duration `toml:"auth_failure_delay"`
 	// MaxBadCommands is how many BAD answers in a row end a session with
 	// BYE; default 3.
 	MaxBadCommands int `toml:"max_bad_commands"`
@@ -189,6 +197,17 @@ type Metrics struct {
 	// Address is host:port for Prometheus /metrics, /healthz and /readyz;
 	// empty (default) serves none. Keep it off the public network.
 	Address string `toml:"address"`
+}
+
+// MaxConnectionsOrDefault returns l.MaxConnections, or 20000.
+func (l Limits) MaxConnectionsOrDefault() int { return orDefault(l.MaxConnections, 20000) }
+
+// MaxConnectionsPerIPOrDefault returns l.MaxConnectionsPerIP, or 200.
+func (l Limits) MaxConnectionsPerIPOrDefault() int { return orDefault(l.MaxConnectionsPerIP, 200) }
+
+// AuthFailureDelayOrDefault returns l.AuthFailureDelay, or 1s.
+func (l Limits) AuthFailureDelayOrDefault() time.Duration {
+	return orDefault(l.AuthFailureDelay.Duration, time.Second)
 }
 
 // Log configures the process logger.
@@ -415,6 +434,9 @@ func (c *Config) Effective() *Config {
 	l.IdleTimeout.Duration = l.IdleTimeoutOrDefault()
 	l.LockTimeout.Duration = l.LockTimeoutOrDefault()
 	l.MaxBadCommands = l.MaxBadCommandsOrDefault()
+	l.MaxConnections = l.MaxConnectionsOrDefault()
+	l.MaxConnectionsPerIP = l.MaxConnectionsPerIPOrDefault()
+	l.AuthFailureDelay.Duration = l.AuthFailureDelayOrDefault()
 	e.Log.Level = e.Log.LevelOrDefault()
 	e.Log.Format = e.Log.FormatOrDefault()
 	return &e

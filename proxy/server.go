@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/golang-lru/v2/expirable"
 	"github.com/rs/zerolog"
 
 	"uidgate/proxy/imapwire"
@@ -77,9 +78,20 @@ type Server struct {
 	Serialization rules.Serialization
 	// Metrics, if set, records Prometheus metrics (see NewMetrics).
 	Metrics *Metrics
+	// MaxConnections and MaxConnectionsPerIP bound client connections
+	// (DefaultMaxConnections, DefaultMaxConnectionsPerIP if zero); past
+	// them a client gets "* BYE [UNAVAILABLE]".
+	MaxConnections      int
+	MaxConnectionsPerIP int
+	// AuthFailureDelay is added per recent failed login from one address
+	// before the next failure is answered (DefaultAuthFailureDelay if
+	// zero; negative: none).
+	AuthFailureDelay time.Duration
 
 	mu        sync.Mutex
 	memLocks  *locks.Memory
+	perIP     map[string]int
+	failures  *expirable.LRU[string, int]
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
 	wg        sync.WaitGroup
@@ -181,7 +193,12 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 // ends. It owns c and closes it.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn, l Listener) {
 	ss := newSession(s, c, l)
-	if !s.track(ss) {
+	if refusal, ok := s.track(ss); !ok {
+		if refusal != "" {
+			c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			c.Write([]byte("* BYE " + refusal + "\r\n"))
+			ss.log.Warn().Msg("connection refused: " + refusal)
+		}
 		c.Close()
 		return
 	}
@@ -200,23 +217,27 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, l Listener) {
 	ss.run(ctx)
 }
 
-func (s *Server) track(ss *session) bool {
+func (s *Server) track(ss *session) (refusal string, ok bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.shutdown.Load() {
-		return false
+		return "", false
+	}
+	if why := s.admitLocked(ss.ip); why != "" {
+		return why, false
 	}
 	if s.sessions == nil {
 		s.sessions = make(map[*session]struct{})
 	}
 	s.sessions[ss] = struct{}{}
 	s.wg.Add(1)
-	return true
+	return "", true
 }
 
 func (s *Server) untrack(ss *session) {
 	s.mu.Lock()
 	delete(s.sessions, ss)
+	s.leaveLocked(ss.ip)
 	s.mu.Unlock()
 	s.wg.Done()
 }

@@ -41,6 +41,7 @@ type session struct {
 	lis     Listener
 	id      uint64
 	remote  string
+	ip      string // the client's address, for per-address limits
 	start   time.Time
 	log     zerolog.Logger
 	conn    net.Conn // the client, TLS-wrapped once secured
@@ -73,6 +74,7 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 		lis:    l,
 		id:     id,
 		remote: c.RemoteAddr().String(),
+		ip:     hostOf(c.RemoteAddr()),
 		start:  time.Now(),
 		conn:   c,
 		done:   make(chan struct{}),
@@ -524,6 +526,13 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	if !ok {
 		ss.log.Info().Str("user", user).Msg("no route for user")
 		ss.srv.Metrics.login("", "no_route", 0)
+		if d := ss.srv.failureDelay(ss.ip); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ss.done:
+				return false
+			}
+		}
 		// Same answer as a wrong password: do not reveal which users exist.
 		ss.sendf("%s NO [AUTHENTICATIONFAILED] Authentication failed", tag)
 		return false
@@ -548,6 +557,14 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	if !st.OK() {
 		up.Close()
 		log.Info().Str("status", st.Name).Msg("login refused by backend")
+		if d := ss.srv.failureDelay(ss.ip); d > 0 {
+			// Slow down guessing from this address; only this session waits.
+			select {
+			case <-time.After(d):
+			case <-ss.done:
+				return false
+			}
+		}
 		ss.srv.Metrics.login(b.Name, "failed", time.Since(t0))
 		code := st.Code
 		if code == "" {
@@ -570,6 +587,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	ss.log = log
 	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
 	ss.srv.Metrics.login(b.Name, "ok", time.Since(t0))
+	ss.srv.loginSucceeded(ss.ip)
 	caps := rules.ClientCaps(up.Caps)
 	ss.sendf("%s OK [CAPABILITY %s] %s", tag, strings.Join(caps, " "), sanitizeText(st.Text, pass))
 	return true

@@ -89,14 +89,17 @@ func newServer(c *configs.Config, log *zerolog.Logger) (*proxy.Server, error) {
 			b, ok := backends[name]
 			return b, ok
 		},
-		Logger:         log,
-		MaxLine:        c.Limits.MaxLineOrDefault(),
-		MaxLiteral:     c.Limits.MaxLiteralOrDefault(),
-		PreauthTimeout: c.Limits.PreauthTimeoutOrDefault(),
-		IdleTimeout:    c.Limits.IdleTimeoutOrDefault(),
-		MaxBadCommands: c.Limits.MaxBadCommandsOrDefault(),
-		LockTimeout:    c.Limits.LockTimeoutOrDefault(),
-		Serialization:  rules.Serialization{SelectTakesSeen: c.Serialization.SelectTakesSeen},
+		Logger:              log,
+		MaxLine:             c.Limits.MaxLineOrDefault(),
+		MaxLiteral:          c.Limits.MaxLiteralOrDefault(),
+		PreauthTimeout:      c.Limits.PreauthTimeoutOrDefault(),
+		IdleTimeout:         c.Limits.IdleTimeoutOrDefault(),
+		MaxBadCommands:      c.Limits.MaxBadCommandsOrDefault(),
+		LockTimeout:         c.Limits.LockTimeoutOrDefault(),
+		MaxConnections:      c.Limits.MaxConnectionsOrDefault(),
+		MaxConnectionsPerIP: c.Limits.MaxConnectionsPerIPOrDefault(),
+		AuthFailureDelay:    c.Limits.AuthFailureDelayOrDefault(),
+		Serialization:       rules.Serialization{SelectTakesSeen: c.Serialization.SelectTakesSeen},
 	}, nil
 }
 

@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"uidgate/upstream"
+)
+
+// TestConnectionLimits: past the per-address bound a client gets BYE at
+// once; a slot freed is reusable.
+func TestConnectionLimits(t *testing.T) {
+	srv := &Server{
+		Route:               func(string) (*upstream.Backend, bool) { return nil, false },
+		MaxConnectionsPerIP: 2,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln, Listener{TLS: upstream.TLSNone}) }()
+	t.Cleanup(func() {
+		srv.Shutdown(t.Context())
+		<-served
+	})
+	greet := func() (net.Conn, string) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetReadDeadline(time.Now().Add(stepTimeout))
+		l, _ := bufio.NewReader(c).ReadString('\n')
+		return c, l
+	}
+	c1, g1 := greet()
+	_, g2 := greet()
+	_, g3 := greet()
+	if !strings.HasPrefix(g1, "* OK") || !strings.HasPrefix(g2, "* OK") {
+		t.Fatalf("greetings %q %q", g1, g2)
+	}
+	if g3 != "* BYE [UNAVAILABLE] Too many connections from your address\r\n" {
+		t.Fatalf("third connection got %q", g3)
+	}
+	io.WriteString(c1, "a LOGOUT\r\n")
+	io.Copy(io.Discard, c1) // until uidgate closes it
+	deadline := time.Now().Add(stepTimeout)
+	for srv.ActiveSessions() > 1 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling for the session's end
+	}
+	if _, g4 := greet(); !strings.HasPrefix(g4, "* OK") {
+		t.Fatalf("after one left, a new connection got %q", g4)
+	}
+}
+
+// TestAuthFailureDelay: repeated failed logins from one address are
+// answered ever later; the first is not delayed.
+func TestAuthFailureDelay(t *testing.T) {
+	const step = 150 * time.Millisecond
+	srv := &Server{
+		Route:            func(string) (*upstream.Backend, bool) { return nil, false },
+		AuthFailureDelay: step,
+	}
+	cc, sc := tcpPair(t)
+	go srv.ServeConn(t.Context(), sc, Listener{TLS: upstream.TLSNone})
+	t.Cleanup(func() { cc.Close() })
+	r := bufio.NewReader(cc)
+	cc.SetReadDeadline(time.Now().Add(3 * stepTimeout))
+	r.ReadString('\n')
+	var took []time.Duration
+	for i := 0; i < 3; i++ {
+		t0 := time.Now()
+		io.WriteString(cc, "a LOGIN nobody x\r\n")
+		l, err := r.ReadString('\n')
+		if err != nil || !strings.HasPrefix(l, "a NO [AUTHENTICATIONFAILED]") {
+			t.Fatalf("login %d: %q %v", i, l, err)
+		}
+		took = append(took, time.Since(t0))
+	}
+	if took[1] < step || took[2] < 2*step {
+		t.Errorf("answers took %v; want the 2nd ≥ %v and the 3rd ≥ %v", took, step, 2*step)
+	}
+}
