@@ -79,9 +79,9 @@ level = "debug"
 address = %q
 `, listen, be.Addr, metricsAddr)), 0o600)
 
-	var logs bytes.Buffer
+	logs := &syncBuffer{}
 	cmd := exec.Command(bin, "serve", "-config", cfg)
-	cmd.Stderr = &logs
+	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -147,6 +147,42 @@ address = %q
 		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
 			t.Errorf("GET %s: %d, want %q in:\n%s", path, resp.StatusCode, want, tailString(string(body), 3000))
 		}
+	}
+	// SIGHUP with a broken file: logged, the running configuration kept.
+	orig, _ := os.ReadFile(cfg)
+	os.WriteFile(cfg, []byte("[[listener]]\nadress = 1\n"), 0o600)
+	hup := func(want string) {
+		t.Helper()
+		before := strings.Count(logs.String(), want)
+		cmd.Process.Signal(syscall.SIGHUP)
+		deadline := time.Now().Add(20 * time.Second)
+		for strings.Count(logs.String(), want) == before {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q after SIGHUP:\n%s", want, logs.String())
+			}
+			time.Sleep(20 * time.Millisecond) // polling the log
+		}
+	}
+	hup("reload failed")
+	// SIGHUP routing everyone to the unreachable backend: new logins fail,
+	// the open session goes on with its backend.
+	os.WriteFile(cfg, bytes.Replace(orig, []byte("default = true\nbackend = \"dovecot\""), []byte("default = true\nbackend = \"nowhere\""), 1), 0o600)
+	hup("configuration reloaded")
+	fmt.Fprintf(conn, "a4 NOOP\r\n")
+	if l := read(); !strings.HasPrefix(l, "a4 OK") {
+		t.Errorf("open session after reload: %q", l)
+	}
+	c2, err := net.Dial("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	r2 := bufio.NewReader(c2)
+	c2.SetReadDeadline(time.Now().Add(20 * time.Second))
+	r2.ReadString('\n')
+	fmt.Fprintf(c2, "b1 LOGIN alice %s\r\n", testUsers["alice"])
+	if l, _ := r2.ReadString('\n'); !strings.HasPrefix(l, "b1 NO [UNAVAILABLE]") {
+		t.Errorf("login after reload to an unreachable backend: %q", l)
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

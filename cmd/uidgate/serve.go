@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
 
 	"github.com/rs/zerolog"
 
@@ -46,19 +50,55 @@ func checkConfig(file string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// newLogger builds the process logger. Its level is zerolog's global
+// level, so that SIGHUP can change it for every session at once.
 func newLogger(c configs.Log, w io.Writer) (zerolog.Logger, error) {
 	level, err := zerolog.ParseLevel(c.LevelOrDefault())
 	if err != nil {
 		return zerolog.Logger{}, err
 	}
+	zerolog.SetGlobalLevel(level)
 	if c.FormatOrDefault() == "console" {
 		w = zerolog.ConsoleWriter{Out: w}
 	}
-	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+	return zerolog.New(w).With().Timestamp().Logger(), nil
 }
 
-// newServer builds the proxy from a validated configuration.
-func newServer(c *configs.Config, log *zerolog.Logger) (*proxy.Server, error) {
+// reload re-reads file on SIGHUP: routes, backends and the log level
+// change for new logins; open sessions keep their backend. An invalid file
+// is logged and the running configuration kept. Listeners and limits need
+// a restart.
+func reload(file string, current *atomic.Pointer[routing], log *zerolog.Logger) {
+	c, err := loadConfig(file)
+	if err == nil {
+		var r *routing
+		if r, err = newRouting(c); err == nil {
+			level, _ := zerolog.ParseLevel(c.Log.LevelOrDefault())
+			current.Store(r)
+			zerolog.SetGlobalLevel(level)
+			log.Info().Str("config", file).Msg("configuration reloaded")
+			return
+		}
+	}
+	log.Error().Str("config", file).Str("error", err.Error()).Msg("reload failed; keeping the running configuration")
+}
+
+// routing is what SIGHUP replaces: routes and backends.
+type routing struct {
+	router   *rules.Router
+	backends map[string]*upstream.Backend
+}
+
+func (r *routing) route(user string) (*upstream.Backend, bool) {
+	name, ok := r.router.Backend(user)
+	if !ok {
+		return nil, false
+	}
+	b, ok := r.backends[name]
+	return b, ok
+}
+
+func newRouting(c *configs.Config) (*routing, error) {
 	router, err := c.Router()
 	if err != nil {
 		return nil, err
@@ -80,14 +120,20 @@ func newServer(c *configs.Config, log *zerolog.Logger) (*proxy.Server, error) {
 			CyrusNamespace: b.CyrusNamespace,
 		}
 	}
+	return &routing{router: router, backends: backends}, nil
+}
+
+// newServer builds the proxy from a validated configuration; its routes
+// and backends are read through current, which a reload swaps.
+func newServer(c *configs.Config, log *zerolog.Logger, current *atomic.Pointer[routing]) (*proxy.Server, error) {
+	r, err := newRouting(c)
+	if err != nil {
+		return nil, err
+	}
+	current.Store(r)
 	return &proxy.Server{
 		Route: func(user string) (*upstream.Backend, bool) {
-			name, ok := router.Backend(user)
-			if !ok {
-				return nil, false
-			}
-			b, ok := backends[name]
-			return b, ok
+			return current.Load().route(user)
 		},
 		Logger:              log,
 		MaxLine:             c.Limits.MaxLineOrDefault(),
@@ -113,10 +159,14 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	srv, err := newServer(c, &log)
+	var current atomic.Pointer[routing]
+	srv, err := newServer(c, &log, &current)
 	if err != nil {
 		return err
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	o := newOps(func() []string {
 		addrs := make([]string, len(c.Backends))
 		for i, b := range c.Backends {
@@ -169,11 +219,18 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 		go func() { errs <- srv.Serve(b.ln, b.l) }()
 	}
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		log.Info().Msg("shutting down")
-	case serveErr = <-errs:
-		log.Error().Err(serveErr).Msg("listener failed")
+wait:
+	for {
+		select {
+		case <-hup:
+			reload(file, &current, &log)
+		case <-ctx.Done():
+			log.Info().Msg("shutting down")
+			break wait
+		case serveErr = <-errs:
+			log.Error().Err(serveErr).Msg("listener failed")
+			break wait
+		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
