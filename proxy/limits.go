@@ -4,7 +4,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	lru "github.com/hashicorp/golang-lru/v2"
 )
 
 const (
@@ -82,12 +82,20 @@ func (s *Server) leaveLocked(ip string) {
 	s.perIP[ip]--
 }
 
+// authFailure is one address's recent failed logins. The LRU bounds how
+// many addresses are remembered; old entries expire when next looked at
+// (golang-lru's expirable cache runs a goroutine that never stops).
+type authFailure struct {
+	n    int
+	last time.Time
+}
+
 // authFailures returns the per-address failure memory.
-func (s *Server) authFailures() *expirable.LRU[string, int] {
+func (s *Server) authFailures() *lru.Cache[string, authFailure] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failures == nil {
-		s.failures = expirable.NewLRU[string, int](authFailureEntries, nil, authFailureWindow)
+		s.failures, _ = lru.New[string, authFailure](authFailureEntries)
 	}
 	return s.failures
 }
@@ -97,10 +105,14 @@ func (s *Server) authFailures() *expirable.LRU[string, int] {
 // guessing from one address slows down without affecting others.
 func (s *Server) failureDelay(ip string) time.Duration {
 	f := s.authFailures()
-	n, _ := f.Get(ip)
-	n++
-	f.Add(ip, n)
-	d := time.Duration(n-1) * s.authDelayStep()
+	af, _ := f.Get(ip)
+	if time.Since(af.last) > authFailureWindow {
+		af.n = 0
+	}
+	af.n++
+	af.last = time.Now()
+	f.Add(ip, af)
+	d := time.Duration(af.n-1) * s.authDelayStep()
 	return min(d, maxAuthDelay)
 }
 

@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/rs/zerolog"
 
 	"uidgate/proxy/imapwire"
@@ -91,7 +91,7 @@ type Server struct {
 	mu        sync.Mutex
 	memLocks  *locks.Memory
 	perIP     map[string]int
-	failures  *expirable.LRU[string, int]
+	failures  *lru.Cache[string, authFailure]
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
 	wg        sync.WaitGroup
