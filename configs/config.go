@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"time"
@@ -79,6 +80,10 @@ type Listener struct {
 	Cert string `toml:"cert"`
 	// Key is the PEM private key for Cert; default [tls].key.
 	Key string `toml:"key"`
+	// TrustedProxies lists networks (CIDR) whose connections start with a
+	// PROXY protocol header (v1 or v2) giving the real client address;
+	// empty (default): no PROXY protocol.
+	TrustedProxies []string `toml:"trusted_proxies"`
 }
 
 // TLS holds defaults shared by listeners.
@@ -121,6 +126,13 @@ type Backend struct {
 	// "off". When on, a body fetch that would set \Seen is sent as .PEEK
 	// and uidgate sets \Seen with a STORE under the user's seen lock.
 	ExplicitSeen string `toml:"explicit_seen"`
+	// ProxyProtocol sends a PROXY protocol header with the client's
+	// address first: "v1", "v2", or "" (default: none).
+	ProxyProtocol string `toml:"proxy_protocol"`
+	// SendClientID sends ID ("x-originating-ip" ...) before login, for a
+	// backend that trusts uidgate's address (Dovecot login_trusted_networks).
+	// Default false.
+	SendClientID bool `toml:"send_client_id"`
 	// CyrusNamespace says mailbox names follow the Cyrus classic namespace
 	// (other users' mailboxes under "user."); see rules.CanonicalMailbox.
 	// Default false.
@@ -168,6 +180,9 @@ type Limits struct {
 	// AuthFailureDelay is added per recent failed login from one address
 	// before the next failure is answered (up to 10s); default "1s".
 	AuthFailureDelay Duration `toml:"auth_failure_delay"`
+	// DrainTimeout is how long a stopping uidgate waits for sessions to
+	// end after telling every client BYE; default "30s".
+	DrainTimeout Duration `toml:"drain_timeout"`
 	// MaxBadCommands is how many BAD answers in a row end a session with
 	// BYE; default 3.
 	MaxBadCommands int `toml:"max_bad_commands"`
@@ -208,6 +223,11 @@ func (l Limits) MaxConnectionsPerIPOrDefault() int { return orDefault(l.MaxConne
 // AuthFailureDelayOrDefault returns l.AuthFailureDelay, or 1s.
 func (l Limits) AuthFailureDelayOrDefault() time.Duration {
 	return orDefault(l.AuthFailureDelay.Duration, time.Second)
+}
+
+// DrainTimeoutOrDefault returns l.DrainTimeout, or 30s.
+func (l Limits) DrainTimeoutOrDefault() time.Duration {
+	return orDefault(l.DrainTimeout.Duration, 30*time.Second)
 }
 
 // Log configures the process logger.
@@ -435,6 +455,7 @@ func (c *Config) Effective() *Config {
 	l.LockTimeout.Duration = l.LockTimeoutOrDefault()
 	l.MaxBadCommands = l.MaxBadCommandsOrDefault()
 	l.MaxConnections = l.MaxConnectionsOrDefault()
+	l.DrainTimeout.Duration = l.DrainTimeoutOrDefault()
 	l.MaxConnectionsPerIP = l.MaxConnectionsPerIPOrDefault()
 	l.AuthFailureDelay.Duration = l.AuthFailureDelayOrDefault()
 	e.Log.Level = e.Log.LevelOrDefault()
@@ -448,4 +469,26 @@ func (c *Config) Encode(w io.Writer) error {
 	enc := toml.NewEncoder(w)
 	enc.Indent = ""
 	return enc.Encode(c.Effective())
+}
+
+// TrustedPrefixes parses TrustedProxies (Validate has checked them).
+func (l Listener) TrustedPrefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, n := range l.TrustedProxies {
+		if p, err := netip.ParsePrefix(n); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	return out
+}
+
+// ProxyProtocolVersion is 1 or 2 for "v1"/"v2", else 0.
+func (b Backend) ProxyProtocolVersion() byte {
+	switch b.ProxyProtocol {
+	case "v1":
+		return 1
+	case "v2":
+		return 2
+	}
+	return 0
 }

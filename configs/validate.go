@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"sort"
 	"strconv"
@@ -85,6 +86,11 @@ func (v *validator) listeners() {
 	addrs := make(map[string]int)
 	for i, l := range c.Listeners {
 		k := fmt.Sprintf("listener.%d", i)
+		for j, n := range l.TrustedProxies {
+			if _, err := netip.ParsePrefix(n); err != nil {
+				v.add(fmt.Sprintf("%s.trusted_proxies.%d", k, j), "%q: want a network such as \"10.0.0.0/8\"", n)
+			}
+		}
 		switch err := checkHostPort(l.Address, false); {
 		case err != nil:
 			v.add(k+".address", "%v", err)
@@ -217,6 +223,9 @@ func (v *validator) backends() map[string]bool {
 		}
 		if b.DialTimeout.Duration < 0 || b.DialTimeout.Duration == 0 && c.has(k+".dial_timeout") {
 			v.add(k+".dial_timeout", "%s: must be positive", b.DialTimeout)
+		}
+		if pp := b.ProxyProtocol; pp != "" && pp != "v1" && pp != "v2" {
+			v.add(k+".proxy_protocol", "%q: want \"v1\" or \"v2\"", pp)
 		}
 		if es := b.ExplicitSeen; es != "" && es != "auto" && es != "on" && es != "off" {
 			v.add(k+".explicit_seen", "%q: want \"auto\", \"on\" or \"off\"", es)

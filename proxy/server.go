@@ -9,12 +9,14 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
 
 	"uidgate/proxy/imapwire"
@@ -50,6 +52,11 @@ type Listener struct {
 	TLSConfig *tls.Config
 	// RequireTLS refuses LOGIN/AUTHENTICATE (LOGINDISABLED) until STARTTLS.
 	RequireTLS bool
+	// TrustedProxies, when set, accepts a PROXY protocol header (v1 or v2)
+	// from these networks, and the client address it gives replaces the
+	// connection's; from anywhere else a header is not parsed (and fails
+	// as a bad command). Connections from these networks must send one.
+	TrustedProxies []netip.Prefix
 }
 
 // Server proxies IMAP sessions. Fields must not change after Serve is
@@ -97,6 +104,23 @@ type Server struct {
 	wg        sync.WaitGroup
 	shutdown  atomic.Bool
 	nextID    atomic.Uint64
+}
+
+// proxyHeaderTimeout bounds the wait for a PROXY protocol header.
+const proxyHeaderTimeout = 10 * time.Second
+
+// trusted reports whether addr is inside one of nets.
+func trusted(addr net.Addr, nets []netip.Prefix) bool {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return false
+	}
+	for _, n := range nets {
+		if n.Contains(ap.Addr().Unmap()) {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -167,6 +191,20 @@ func (s *Server) Serve(ln net.Listener, l Listener) error {
 		s.mu.Unlock()
 		ln.Close()
 	}()
+	if len(l.TrustedProxies) > 0 {
+		ln = &proxyproto.Listener{
+			Listener:          ln,
+			ReadHeaderTimeout: proxyHeaderTimeout,
+			ConnPolicy: func(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+				if trusted(o.Upstream, l.TrustedProxies) {
+					return proxyproto.USE, nil
+				}
+				// Not parsed at all: a header from elsewhere is garbage to IMAP
+				// and a direct client is not kept waiting for one.
+				return proxyproto.SKIP, nil
+			},
+		}
+	}
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()

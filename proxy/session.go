@@ -37,23 +37,26 @@ const (
 
 // session is one client connection, before and after login.
 type session struct {
-	srv     *Server
-	lis     Listener
-	id      uint64
-	remote  string
-	ip      string // the client's address, for per-address limits
-	start   time.Time
-	log     zerolog.Logger
-	conn    net.Conn // the client, TLS-wrapped once secured
-	cr      *imapwire.Reader
-	cw      *syncWriter
-	tlsOn   bool
-	user    string
-	backend string
-	up      *upstream.Conn
-	bad     int
-	rs      *relayState
-	legacy  bool // the backend's numbers are never trusted
+	srv    *Server
+	lis    Listener
+	id     uint64
+	remote string
+	ip     string // the client's address, for per-address limits
+	// remoteAddr, localAddr: the client's connection (as told by a
+	// trusted PROXY header, if any).
+	remoteAddr, localAddr net.Addr
+	start                 time.Time
+	log                   zerolog.Logger
+	conn                  net.Conn // the client, TLS-wrapped once secured
+	cr                    *imapwire.Reader
+	cw                    *syncWriter
+	tlsOn                 bool
+	user                  string
+	backend               string
+	up                    *upstream.Conn
+	bad                   int
+	rs                    *relayState
+	legacy                bool // the backend's numbers are never trusted
 	// explicitSeen: non-PEEK body fetches go as .PEEK plus a STORE \Seen.
 	explicitSeen   bool
 	cyrusNamespace bool
@@ -70,14 +73,16 @@ type session struct {
 func newSession(s *Server, c net.Conn, l Listener) *session {
 	id := s.nextID.Add(1)
 	ss := &session{
-		srv:    s,
-		lis:    l,
-		id:     id,
-		remote: c.RemoteAddr().String(),
-		ip:     hostOf(c.RemoteAddr()),
-		start:  time.Now(),
-		conn:   c,
-		done:   make(chan struct{}),
+		srv:        s,
+		lis:        l,
+		id:         id,
+		remote:     c.RemoteAddr().String(),
+		ip:         hostOf(c.RemoteAddr()),
+		remoteAddr: c.RemoteAddr(),
+		localAddr:  c.LocalAddr(),
+		start:      time.Now(),
+		conn:       c,
+		done:       make(chan struct{}),
 	}
 	ss.log = s.logger().With().Uint64("cid", id).Str("remote", ss.remote).Str("listener", l.Name).Logger()
 	ss.cr = imapwire.NewReader(c, s.maxLine())
@@ -539,7 +544,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	}
 	log := ss.log.With().Str("user", user).Str("backend", b.Name).Logger()
 	t0 := time.Now()
-	up, err := upstream.Dial(ctx, b)
+	up, err := upstream.Dial(ctx, b, upstream.Client{Addr: ss.remoteAddr, Local: ss.localAddr})
 	if err != nil {
 		log.Warn().Err(err).Msg("backend unavailable")
 		ss.srv.Metrics.login(b.Name, "unavailable", 0)

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pires/go-proxyproto"
+
 	"uidgate/proxy/imapwire"
 )
 
@@ -59,6 +61,13 @@ type Backend struct {
 	ExplicitSeen bool
 	// CyrusNamespace: mailbox names follow the Cyrus classic namespace.
 	CyrusNamespace bool
+	// ProxyProtocol, 1 or 2, sends a PROXY protocol header with the
+	// client's address first (HAProxy's spec); 0 sends none.
+	ProxyProtocol byte
+	// SendClientID sends the client's address in an ID command before
+	// login (RFC 2971 with Dovecot's x-originating-ip fields), for a
+	// backend that trusts uidgate to report it.
+	SendClientID bool
 	// Dial, if set, replaces net.Dialer.DialContext (tests).
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -69,13 +78,21 @@ type Conn struct {
 	Conn    net.Conn
 	R       *imapwire.Reader
 	// Caps are the capabilities last announced by the backend.
-	Caps  []string
-	tagN  int
-	TLSOn bool
+	Caps   []string
+	tagN   int
+	TLSOn  bool
+	client Client
+}
+
+// Client identifies the client a backend connection is made for.
+type Client struct {
+	Addr, Local net.Addr // its address, and the address it connected to
 }
 
 // Dial connects, reads the greeting and, for STARTTLS backends, upgrades.
-func Dial(ctx context.Context, b *Backend) (*Conn, error) {
+// The client's address reaches the backend as configured (PROXY header,
+// ID before login).
+func Dial(ctx context.Context, b *Backend, client Client) (*Conn, error) {
 	timeout := b.DialTimeout
 	if timeout <= 0 {
 		timeout = DefaultDialTimeout
@@ -90,9 +107,16 @@ func Dial(ctx context.Context, b *Backend) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s: %v", ErrUnavailable, b.Address, err)
 	}
-	c := &Conn{Backend: b, Conn: nc}
+	c := &Conn{Backend: b, Conn: nc, client: client}
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
+	}
+	if b.ProxyProtocol != 0 && client.Addr != nil && client.Local != nil {
+		h := proxyproto.HeaderProxyFromAddrs(b.ProxyProtocol, client.Addr, client.Local)
+		if _, err := h.WriteTo(nc); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("%w: PROXY header to %s: %v", ErrUnavailable, b.Address, err)
+		}
 	}
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -278,6 +302,11 @@ func (c *Conn) Login(ctx context.Context, user, pass string) (Status, error) {
 			return Status{}, err
 		}
 	}
+	if c.Backend.SendClientID && c.client.Addr != nil {
+		if _, err := c.command(clientID(c.client), nil); err != nil {
+			return Status{}, err
+		}
+	}
 	var st Status
 	var err error
 	switch {
@@ -341,3 +370,16 @@ func (c *Conn) Close() error { return c.Conn.Close() }
 
 // ParseCaps splits a capability list.
 func ParseCaps(b []byte) []string { return strings.Fields(string(bytes.TrimSpace(b))) }
+
+// clientID is the ID command carrying the client's address, with the
+// field names Dovecot and Cyrus trust from a proxy (RFC 2971 §3.3 allows
+// such non-standard fields).
+func clientID(c Client) string {
+	host, port, _ := net.SplitHostPort(c.Addr.String())
+	id := `ID ("x-originating-ip" "` + host + `" "x-originating-port" "` + port + `"`
+	if c.Local != nil {
+		lhost, lport, _ := net.SplitHostPort(c.Local.String())
+		id += ` "x-connected-ip" "` + lhost + `" "x-connected-port" "` + lport + `"`
+	}
+	return id + ")"
+}

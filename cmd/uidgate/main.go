@@ -16,11 +16,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
-	"time"
 )
-
-// shutdownGrace bounds how long serve waits for sessions after SIGTERM.
-const shutdownGrace = 30 * time.Second
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))

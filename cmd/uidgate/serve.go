@@ -118,6 +118,8 @@ func newRouting(c *configs.Config) (*routing, error) {
 			Legacy:         b.Legacy,
 			ExplicitSeen:   b.ExplicitSeenOn(),
 			CyrusNamespace: b.CyrusNamespace,
+			ProxyProtocol:  b.ProxyProtocolVersion(),
+			SendClientID:   b.SendClientID,
 		}
 	}
 	return &routing{router: router, backends: backends}, nil
@@ -206,10 +208,11 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 			return err
 		}
 		lns = append(lns, bound{ln, proxy.Listener{
-			Name:       l.Address,
-			TLS:        upstream.TLSMode(l.TLSModeOrDefault()),
-			TLSConfig:  tc,
-			RequireTLS: l.RequireTLS,
+			Name:           l.Address,
+			TLS:            upstream.TLSMode(l.TLSModeOrDefault()),
+			TLSConfig:      tc,
+			RequireTLS:     l.RequireTLS,
+			TrustedProxies: l.TrustedPrefixes(),
 		}})
 	}
 	o.bound.Store(true)
@@ -232,7 +235,7 @@ wait:
 			break wait
 		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), c.Limits.DrainTimeoutOrDefault())
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn().Err(err).Msg("sessions still open at shutdown")
