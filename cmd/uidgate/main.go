@@ -60,7 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "demo":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		if err := demo(ctx, stdout); err != nil {
+		if err := runDemo(ctx, stdout); err != nil {
 			fmt.Fprintln(stderr, "uidgate demo:", err)
 			return 1
 		}
