@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"os/exec"
 	"strings"
 	"testing"
@@ -29,6 +30,25 @@ func TestScenariosDirectVsUidgate(t *testing.T) {
 				t.Errorf("seed %d, %s: through uidgate: %s", seed, r.Scenario, r.Uidgate)
 			}
 		}
+	}
+}
+
+// noLocks grants every key at once: uidgate without serialization.
+type noLocks struct{}
+
+func (noLocks) Acquire(context.Context, []string) (func(), error) { return func() {}, nil }
+
+// TestSerializationIsWhatFixesSeen: with the lock manager replaced by one
+// that serializes nothing, scenario B loses or invents \Seen through
+// uidgate too — the zero above is the locks' doing, not an accident.
+func TestSerializationIsWhatFixesSeen(t *testing.T) {
+	checkNoLeaks(t)
+	rows, err := demo.Run(t.Context(), demo.Options{Rounds: 60, Locks: noLocks{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := rows[1].Uidgate; b.LostSeen+b.SpuriousSeen == 0 {
+		t.Errorf("without locks scenario B still counted no \\Seen fault: %s", b)
 	}
 }
 

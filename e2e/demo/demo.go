@@ -14,6 +14,7 @@ import (
 	"uidgate/e2e/legacysim"
 	"uidgate/e2e/scenarios"
 	"uidgate/proxy"
+	"uidgate/proxy/locks"
 	"uidgate/rules"
 	"uidgate/upstream"
 )
@@ -24,6 +25,9 @@ type Options struct {
 	Seed   int64 // default 1
 	// MaxDuration bounds each scenario run (default 10 s).
 	MaxDuration time.Duration
+	// Locks replaces uidgate's lock manager (tests: a manager that grants
+	// everything at once shows what serialization is for).
+	Locks locks.Manager
 }
 
 // Row is one scenario, run directly and through uidgate.
@@ -69,6 +73,7 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	backend := &upstream.Backend{Name: "legacy", Address: simLn.Addr().String(), TLS: upstream.TLSNone,
 		Legacy: true, ExplicitSeen: true}
 	srv := &proxy.Server{
+		Locks:         o.Locks,
 		Route:         func(string) (*upstream.Backend, bool) { return backend, true },
 		Serialization: rules.Serialization{SelectTakesSeen: true},
 	}
