@@ -363,3 +363,66 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("password in log")
 	}
 }
+
+// TestShutdownUnderLoad: uidgate stopped while 20 sessions fetch and
+// store: every client gets BYE (or its answers, then BYE), Shutdown
+// returns, and no goroutine is left.
+func TestShutdownUnderLoad(t *testing.T) {
+	checkNoLeaks(t)
+	be := startBackend(t, "dovecot")
+	g, _ := hardGate(t, be.Addr, be.Addr, time.Minute)
+	seed := rawLogin(t, be.Addr, "alice")
+	for i := 0; i < 20; i++ {
+		seed.send(fmt.Sprintf("s%d APPEND INBOX {%d}", i, len(message("x", 2000))))
+		seed.line()
+		seed.c.Write(message("x", 2000))
+		seed.send("")
+		seed.until(fmt.Sprintf("s%d", i))
+	}
+	var wg sync.WaitGroup
+	ended := make(chan string, 20)
+	started := make(chan struct{}, 20)
+	for s := 0; s < 20; s++ {
+		rc := rawLogin(t, g.Addr, "alice")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rc.send("x SELECT INBOX")
+			started <- struct{}{}
+			// Pipeline work until the connection ends; the reader below
+			// sees what came last.
+			go func() {
+				for i := 0; i < 200; i++ {
+					if _, err := fmt.Fprintf(rc.c, "f%d FETCH 1:* (FLAGS BODY.PEEK[])\r\nt%d STORE %d +FLAGS (\\Flagged)\r\n", i, i, i%20+1); err != nil {
+						return
+					}
+				}
+			}()
+			rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			var last string
+			for {
+				l, err := rc.r.ReadString('\n')
+				if err != nil {
+					break
+				}
+				if strings.HasPrefix(l, "* BYE") {
+					last = l
+				}
+			}
+			ended <- last
+		}()
+	}
+	for i := 0; i < 20; i++ {
+		<-started
+	}
+	if err := g.Srv.Shutdown(t.Context()); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	wg.Wait()
+	close(ended)
+	for last := range ended {
+		if !strings.HasPrefix(last, "* BYE [UNAVAILABLE] uidgate is shutting down") {
+			t.Errorf("a client's session ended without BYE (last BYE %q)", last)
+		}
+	}
+}
