@@ -2,10 +2,8 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"runtime/debug"
 	"strings"
@@ -54,9 +52,6 @@ const (
 )
 
 const (
-	// selectNameMax bounds a SELECT/EXAMINE mailbox literal read into
-	// memory to learn the selected mailbox.
-	selectNameMax = 4 << 10
 	// maxRewriteCommand bounds a command collected whole to be rewritten
 	// (its literals included): sequence sets and search programs.
 	maxRewriteCommand = 1 << 20
@@ -303,8 +298,20 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			// RFC 9051 §6.4.1: CLOSE sends no EXPUNGE responses.
 			pc.forbidsExpunge = true
 		}
+		var whole *wireCmd // SELECT/EXAMINE: read whole before any lock
 		if kind == cmdSelect || kind == cmdExamine {
-			pc.mailbox, _ = imapwire.NewDecoder(line[cmd.Args:]).AString()
+			whole = &wireCmd{}
+			if err := ss.collect(line, whole); err != nil {
+				if errors.Is(err, errCommandTooLong) {
+					ss.sendf("%s NO [TOOBIG] Command too long", tag)
+					continue
+				}
+				ss.endOnReadError(err, line)
+				return err
+			}
+			d := imapwire.NewDecoder(whole.buf)
+			d.Seek(cmd.Args)
+			pc.mailbox, _ = d.AString()
 			// A SELECT changes what numbers mean: let what is in flight
 			// finish first, and build the new map before anything follows.
 			if err := ss.barrier(rs); err != nil {
@@ -334,7 +341,14 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			rs.sel = &selection{m: sessionmap.New(), legacy: rs.legacy, state: selPending, tag: up}
 		}
 		rs.mu.Unlock()
-		if err := ss.forwardCommand(rs, up, pc, line, literalPlus); err != nil {
+		if whole != nil {
+			var b builder
+			b.out = append(b.out, up...)
+			b.copySpan(whole, len(tag), len(whole.buf))
+			if err := ss.sendBuilt(rs, up, &b, literalPlus); err != nil {
+				return err
+			}
+		} else if err := ss.forwardCommand(rs, up, pc, line, literalPlus); err != nil {
 			return err
 		}
 		if pc.kind == cmdSelect || pc.kind == cmdExamine {
@@ -392,25 +406,11 @@ func (ss *session) forwardCommand(rs *relayState, tag string, pc pendingCmd, lin
 		rs.mu.Lock()
 		rs.midCommand = true
 		rs.mu.Unlock()
-		if (pc.kind == cmdSelect || pc.kind == cmdExamine) && first && lit.Size <= selectNameMax {
-			name, err := ss.readSmallLiteral(lit)
-			if err != nil {
-				return err
-			}
-			pc.mailbox = string(name)
-			rs.mu.Lock()
-			rs.tags[tag] = pc
-			rs.mu.Unlock()
-			if err := ss.forwardLiteral(rs, tag, line, lit, literalPlus, bytes.NewReader(name)); err != nil {
-				return err
-			}
-		} else {
-			if lit.Sync && literalPlus {
-				ss.sendf("+ Ready for literal")
-			}
-			if err := ss.forwardLiteral(rs, tag, line, lit, literalPlus, nil); err != nil {
-				return err
-			}
+		if lit.Sync && literalPlus {
+			ss.sendf("+ Ready for literal")
+		}
+		if err := ss.forwardLiteral(rs, tag, line, lit, literalPlus); err != nil {
+			return err
 		}
 		first = false
 		var err error
@@ -429,31 +429,18 @@ func tagOrClient(pc pendingCmd, tag string) string {
 	return tag
 }
 
-// readSmallLiteral reads a literal the relay needs to see, answering "+"
-// first when the client waits for it.
-func (ss *session) readSmallLiteral(lit imapwire.Literal) ([]byte, error) {
-	if lit.Sync {
-		ss.sendf("+ Ready for literal")
-	}
-	ss.cr.Expect(lit.Size)
-	b, err := ss.cr.ReadLiteral(nil)
-	ss.bytesIn.Add(int64(len(b)))
-	return b, err
-}
-
 // forwardLiteral sends line (ending in a literal announcement) upstream,
-// then the literal's bytes: from body if set, else streamed from the
-// client. With LITERAL+ upstream every literal goes non-synchronizing
+// then the literal's bytes, streamed from the client. With LITERAL+ upstream every literal goes non-synchronizing
 // (RFC 7888); otherwise the backend's "+" is awaited. If the backend
 // refuses instead, the literal and the rest of the command are read from
 // the client and dropped: the refusal already went to the client.
-func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit imapwire.Literal, literalPlus bool, body io.Reader) error {
+func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit imapwire.Literal, literalPlus bool) error {
 	out := lit
 	out.Sync = !literalPlus
 	buf := append(append([]byte(nil), line[:lit.Start]...), imapwire.AppendLiteralHeader(nil, out)...)
 	if out.Sync {
 		rs.mu.Lock()
-		rs.litWait, rs.litPass = tag, lit.Sync && body == nil
+		rs.litWait, rs.litPass = tag, lit.Sync
 		rs.mu.Unlock()
 	}
 	if err := ss.writeUp(buf, true); err != nil {
@@ -463,15 +450,11 @@ func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit i
 		select {
 		case ok := <-rs.litCh:
 			if !ok {
-				return ss.discardRest(lit, body)
+				return ss.discardRest(lit)
 			}
 		case <-ss.done:
 			return net.ErrClosed
 		}
-	}
-	if body != nil {
-		b, _ := io.ReadAll(body) // bounded by selectNameMax
-		return ss.writeUp(b, false)
 	}
 	ss.upMu.Lock()
 	defer ss.upMu.Unlock()
@@ -485,12 +468,10 @@ func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit i
 }
 
 // discardRest drops a refused command's remaining bytes from the client.
-func (ss *session) discardRest(lit imapwire.Literal, body io.Reader) error {
-	if body == nil {
-		ss.cr.Expect(lit.Size)
-		if err := ss.cr.DiscardLiteral(); err != nil {
-			return err
-		}
+func (ss *session) discardRest(lit imapwire.Literal) error {
+	ss.cr.Expect(lit.Size)
+	if err := ss.cr.DiscardLiteral(); err != nil {
+		return err
 	}
 	for {
 		line, err := ss.cr.ReadLine()
