@@ -293,9 +293,15 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		sessions = append(sessions, ss)
 	}
 	s.mu.Unlock()
+	var byes sync.WaitGroup
 	for _, ss := range sessions {
-		ss.bye("[UNAVAILABLE] uidgate is shutting down")
+		byes.Add(1)
+		go func() {
+			defer byes.Done()
+			ss.bye("[UNAVAILABLE] uidgate is shutting down")
+		}()
 	}
+	byes.Wait()
 	done := make(chan struct{})
 	go func() {
 		s.wg.Wait()

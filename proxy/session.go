@@ -148,6 +148,30 @@ func (ss *session) closeAll() {
 // bye tells the client the session ends and closes it.
 func (ss *session) bye(text string) {
 	ss.sendf("* BYE %s", text)
+	ss.lingerClose()
+}
+
+// byeLinger bounds how long a closing session reads and drops what the
+// client still sends, after BYE.
+const byeLinger = 2 * time.Second
+
+// lingerClose ends the session so that the client can read everything it
+// was sent: closing a socket that holds unread input makes the kernel send
+// a reset, and the client may then lose the BYE. So: the write side is
+// shut (FIN after the BYE), the backend closed, and the client's input
+// drained until it closes or byeLinger passes.
+func (ss *session) lingerClose() {
+	ss.closing.Store(true) // what follows is our doing, not the backend's
+	ss.connMu.Lock()
+	c, up := ss.conn, ss.up
+	ss.connMu.Unlock()
+	if up != nil {
+		up.Close()
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(byeLinger))
+		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	}
 	ss.closeAll()
 }
 
