@@ -318,13 +318,8 @@ func (w *searchWalker) command(kind cmdKind, args int) error {
 	switch kind {
 	case cmdSearch:
 		// RFC 4731: [RETURN (opts)] and RFC 9051: [CHARSET x].
-		if w.keyword("RETURN") {
-			d.ExpectSP()
-			if !d.SkipList() {
-				return errSeqSyntax
-			}
-			w.returnOpts = true
-			d.ExpectSP()
+		if !w.returnOptions() {
+			return errSeqSyntax
 		}
 		if w.keyword("CHARSET") {
 			d.ExpectSP()
@@ -335,13 +330,8 @@ func (w *searchWalker) command(kind cmdKind, args int) error {
 		}
 	case cmdSort:
 		// RFC 5256: SORT [RETURN (opts)] (criteria) charset; RFC 5267 ESORT.
-		if w.keyword("RETURN") {
-			d.ExpectSP()
-			if !d.SkipList() {
-				return errSeqSyntax
-			}
-			w.returnOpts = true
-			d.ExpectSP()
+		if !w.returnOptions() {
+			return errSeqSyntax
 		}
 		if !d.SkipList() {
 			return errSeqSyntax
@@ -377,6 +367,21 @@ func (w *searchWalker) command(kind cmdKind, args int) error {
 	}
 	w.flush(len(buf))
 	return nil
+}
+
+// returnOptions consumes "RETURN (opts) " if present (RFC 4731, RFC 5267):
+// the results then come as ESEARCH.
+func (w *searchWalker) returnOptions() bool {
+	if !w.keyword("RETURN") {
+		return true
+	}
+	w.d.ExpectSP()
+	if !w.d.SkipList() {
+		return false
+	}
+	w.returnOpts = true
+	w.d.ExpectSP()
+	return w.d.Err() == nil
 }
 
 // keyword consumes the atom kw (case-insensitive) if it is next.
