@@ -1,0 +1,413 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+)
+
+// sample is one run's numbers for one workload, parameter and target.
+type sample struct {
+	Workload string             `json:"workload"`
+	Param    string             `json:"param"`
+	Target   string             `json:"target"`
+	Run      int                `json:"run"`
+	Metrics  map[string]float64 `json:"metrics"`
+}
+
+// stat is the median of a metric over the runs, and its spread.
+type stat struct {
+	median, min, max float64
+	n                int
+}
+
+// ok reports whether there is a value.
+func (s stat) ok() bool { return s.n > 0 }
+
+// spread is half the range relative to the median, in percent.
+func (s stat) spread() float64 {
+	if s.median == 0 {
+		return 0
+	}
+	return 50 * (s.max - s.min) / math.Abs(s.median)
+}
+
+func median(xs []float64) stat {
+	if len(xs) == 0 {
+		return stat{}
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return stat{median: m, min: s[0], max: s[len(s)-1], n: len(s)}
+}
+
+// get returns the median of metric over every run of workload/param
+// against target.
+func (b *bench) get(workload, param, target, metric string) stat {
+	var xs []float64
+	for _, s := range b.samples {
+		if s.Workload == workload && s.Param == param && s.Target == target {
+			if v, ok := s.Metrics[metric]; ok {
+				xs = append(xs, v)
+			}
+		}
+	}
+	return median(xs)
+}
+
+// params returns the parameters workload ran with, in order.
+func (b *bench) params(workload string) []string {
+	var ps []string
+	for _, s := range b.samples {
+		if s.Workload == workload && !slices.Contains(ps, s.Param) {
+			ps = append(ps, s.Param)
+		}
+	}
+	return ps
+}
+
+// row is one line of the results table: a metric for each target.
+type row struct {
+	what, unit string
+	workload   string
+	param      string
+	metric     string
+	digits     int
+	lower      bool // lower is better (latency, memory)
+}
+
+// fmtNum formats v with d decimals and thousands separators.
+func fmtNum(v float64, d int) string {
+	s := fmt.Sprintf("%.*f", d, v)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	intPart, frac, _ := strings.Cut(s, ".")
+	var out []byte
+	for i, c := range intPart {
+		if i > 0 && (len(intPart)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, byte(c))
+	}
+	r := string(out)
+	if frac != "" {
+		r += "." + frac
+	}
+	if neg {
+		r = "−" + r
+	}
+	return r
+}
+
+func (b *bench) cell(st stat, digits int) string {
+	if !st.ok() {
+		return "—"
+	}
+	s := fmtNum(st.median, digits)
+	if st.n > 1 {
+		s += fmt.Sprintf(" ±%.0f%%", st.spread())
+	}
+	return s
+}
+
+func ratio(a, b stat) string {
+	if !a.ok() || !b.ok() || b.median == 0 {
+		return "—"
+	}
+	return fmt.Sprintf("%.2f", a.median/b.median)
+}
+
+// check is one of the issue's targets and whether the run met it.
+type check struct {
+	target, measured string
+	met              bool
+	known            bool // false: not measured in this run
+}
+
+// report prints the tables and writes them into the document.
+func (b *bench) report() error {
+	var md bytes.Buffer
+	b.writeReport(&md)
+	fmt.Println(md.String())
+	if b.o.results != "" {
+		var raw bytes.Buffer
+		enc := json.NewEncoder(&raw)
+		for _, s := range b.samples {
+			enc.Encode(s)
+		}
+		if err := os.WriteFile(b.o.results, raw.Bytes(), 0o644); err != nil {
+			return err
+		}
+	}
+	if b.o.doc == "" {
+		return nil
+	}
+	doc := b.o.doc
+	if !filepath.IsAbs(doc) {
+		doc = filepath.Join(b.root, doc)
+	}
+	if err := writeSection(doc, md.String()); err != nil {
+		return err
+	}
+	b.logf("results written to %s", doc)
+	return nil
+}
+
+// command reconstructs the command line that produced the report.
+func (b *bench) command() string {
+	parts := []string{"go", "run", "./bench"}
+	for _, a := range b.argv {
+		if strings.ContainsAny(a, " '\"$") {
+			a = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+		parts = append(parts, a)
+	}
+	return strings.Join(parts, " ")
+}
+
+func (b *bench) writeReport(w *bytes.Buffer) {
+	o := b.o
+	fmt.Fprintf(w, "Command (from the repository root, as root):\n\n    %s\n\n", b.command())
+	fmt.Fprintf(w, "Run %s (UTC) on %s.\n", b.started.UTC().Format("2006-01-02 15:04"), machine())
+	fmt.Fprintf(w, "Medians of %d runs per target (idle: %d), targets in rotating order; "+
+		"±x%% is half the range of the runs relative to the median. "+
+		"Latency is per command, from writing it to its tagged response, closed loop. "+
+		"1 MB = 10^6 bytes. Memory is the proxy's RSS from /proc (nginx: its worker), "+
+		"on a freshly started proxy for SELECT, APPEND and IDLE.\n\n", o.runs, o.idleRuns)
+	for _, n := range b.notes {
+		fmt.Fprintf(w, "Note: %s\n\n", n)
+	}
+
+	var rows []row
+	for _, p := range b.params("small") {
+		rows = append(rows,
+			row{what: "small commands, " + p + ": p50", unit: "µs", workload: "small", param: p, metric: "p50_us", lower: true},
+			row{what: "small commands, " + p + ": p99", unit: "µs", workload: "small", param: p, metric: "p99_us", lower: true},
+			row{what: "small commands, " + p + ": throughput", unit: "cmd/s", workload: "small", param: p, metric: "ops_per_s"},
+			row{what: "small commands, " + p + ": proxy CPU per command", unit: "µs", workload: "small", param: p, metric: "cpu_us_per_op", lower: true},
+		)
+	}
+	for _, p := range b.params("bulk") {
+		rows = append(rows,
+			row{what: "FETCH 1:* BODY.PEEK[], " + p, unit: "MB/s", workload: "bulk", param: p, metric: "mb_per_s"},
+			row{what: "FETCH 1:* BODY.PEEK[], " + p + ": proxy CPU", unit: "% of a core", workload: "bulk", param: p, metric: "cpu_pct", lower: true},
+		)
+	}
+	for _, p := range b.params("select") {
+		rows = append(rows,
+			row{what: "SELECT, " + p + ": time to tagged OK", unit: "ms", workload: "select", param: p, metric: "select_ms", lower: true},
+			row{what: "then UID SEARCH RETURN (ALL) ALL", unit: "ms", workload: "select", param: p, metric: "search_ms", lower: true},
+			row{what: "SELECT, " + p + ": proxy peak RSS increase", unit: "KB", workload: "select", param: p, metric: "peak_kb", lower: true},
+		)
+	}
+	for _, p := range b.params("append") {
+		rows = append(rows,
+			row{what: "APPEND " + p, unit: "MB/s", workload: "append", param: p, metric: "mb_per_s"},
+			row{what: "FETCH of those messages", unit: "MB/s", workload: "append", param: p, metric: "fetch_mb_per_s"},
+			row{what: "APPEND + FETCH " + p + ": proxy peak RSS increase", unit: "KB", workload: "append", param: p, metric: "peak_kb", lower: true},
+		)
+	}
+	for _, p := range b.params("idle") {
+		rows = append(rows,
+			row{what: "IDLE, " + p + ": sessions held", unit: "", workload: "idle", param: p, metric: "sessions"},
+			row{what: "IDLE, " + p + ": set-up time", unit: "s", workload: "idle", param: p, metric: "setup_s", digits: 1, lower: true},
+			row{what: "IDLE, " + p + ": proxy RSS per session", unit: "KB", workload: "idle", param: p, metric: "kb_per_session", digits: 1, lower: true},
+		)
+	}
+	fmt.Fprintln(w, "| workload | unit | direct | uidgate | nginx | uidgate ÷ direct | uidgate ÷ nginx |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		d := b.get(r.workload, r.param, "direct", r.metric)
+		u := b.get(r.workload, r.param, "uidgate", r.metric)
+		n := b.get(r.workload, r.param, "nginx", r.metric)
+		if !d.ok() && !u.ok() && !n.ok() {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.what, r.unit,
+			b.cell(d, r.digits), b.cell(u, r.digits), b.cell(n, r.digits), ratio(u, d), ratio(u, n))
+	}
+	fmt.Fprintln(w)
+
+	if ps := b.params("small"); len(ps) > 0 {
+		fmt.Fprintln(w, "Small commands, p50 by command (µs; direct / uidgate / nginx):")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| sessions | NOOP | FETCH n (FLAGS) | STORE n +FLAGS | STORE n −FLAGS |")
+		fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
+		for _, p := range ps {
+			fmt.Fprintf(w, "| %s |", p)
+			for _, op := range []string{"NOOP", "FETCH", "STORE+", "STORE-"} {
+				var cells []string
+				for _, t := range []string{"direct", "uidgate", "nginx"} {
+					st := b.get("small", p, t, "p50_us_"+op)
+					if st.ok() {
+						cells = append(cells, fmtNum(st.median, 0))
+					} else {
+						cells = append(cells, "—")
+					}
+				}
+				fmt.Fprintf(w, " %s |", strings.Join(cells, " / "))
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintln(w)
+	}
+
+	fmt.Fprintln(w, "Targets of issue 7:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | measured | |")
+	fmt.Fprintln(w, "|---|---|---|")
+	for _, c := range b.checks() {
+		verdict := "not measured"
+		if c.known {
+			verdict = "missed"
+			if c.met {
+				verdict = "met"
+			}
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", c.target, c.measured, verdict)
+	}
+}
+
+// checks evaluates the issue's targets against the medians.
+func (b *bench) checks() []check {
+	var cs []check
+	for _, p := range b.params("bulk") {
+		d, u, n := b.get("bulk", p, "direct", "mb_per_s"), b.get("bulk", p, "uidgate", "mb_per_s"), b.get("bulk", p, "nginx", "mb_per_s")
+		if d.ok() && u.ok() {
+			r := u.median / d.median
+			cs = append(cs, check{"bulk FETCH ≥ 0.95 × direct", fmt.Sprintf("%.2f ×", r), r >= 0.95, true})
+		}
+		if n.ok() && u.ok() {
+			r := u.median / n.median
+			cs = append(cs, check{"bulk FETCH ≥ 1.0 × nginx", fmt.Sprintf("%.2f ×", r), r >= 1.0, true})
+		}
+	}
+	ps := b.params("small")
+	for _, p := range ps {
+		d, u, n := b.get("small", p, "direct", "p50_us"), b.get("small", p, "uidgate", "p50_us"), b.get("small", p, "nginx", "p50_us")
+		if d.ok() && u.ok() && n.ok() {
+			ua, na := u.median-d.median, n.median-d.median
+			c := check{target: "added p50 ≤ 1.1 × nginx's added p50, " + p, known: true}
+			c.measured = fmt.Sprintf("uidgate +%s µs, nginx +%s µs", fmtNum(ua, 0), fmtNum(na, 0))
+			if na > 0 {
+				c.measured += fmt.Sprintf(" (%.2f ×)", ua/na)
+			}
+			c.met = ua <= 1.1*math.Max(na, 0)
+			cs = append(cs, c)
+		}
+	}
+	if len(ps) > 0 {
+		p := ps[len(ps)-1]
+		d, u := b.get("small", p, "direct", "p99_us"), b.get("small", p, "uidgate", "p99_us")
+		if d.ok() && u.ok() {
+			a := u.median - d.median
+			cs = append(cs, check{"p99 added ≤ 2 ms, " + p, fmt.Sprintf("+%s µs", fmtNum(a, 0)), a <= 2000, true})
+		}
+	}
+	for _, p := range b.params("select") {
+		u := b.get("select", p, "uidgate", "peak_kb")
+		if u.ok() {
+			cs = append(cs, check{"map of " + p + " ≤ 4 MB (bounded by the proxy's peak RSS increase)",
+				fmt.Sprintf("≤ %s KB", fmtNum(u.median, 0)), u.median <= 4096, true})
+		}
+		ds, dq, us := b.get("select", p, "direct", "select_ms"), b.get("select", p, "direct", "search_ms"), b.get("select", p, "uidgate", "select_ms")
+		if ds.ok() && dq.ok() && us.ok() {
+			build := us.median - ds.median
+			cs = append(cs, check{"map built in ≤ 1.5 × the backend's time to send the UIDs, " + p,
+				fmt.Sprintf("SELECT +%s ms through uidgate; UID SEARCH direct %s ms (%.2f ×)", fmtNum(build, 0), fmtNum(dq.median, 0), build/dq.median),
+				build <= 1.5*dq.median, true})
+		}
+	}
+	for _, p := range b.params("idle") {
+		u := b.get("idle", p, "uidgate", "kb_per_session")
+		if u.ok() {
+			cs = append(cs, check{"≤ 40 KB RSS per idle session, " + p, fmt.Sprintf("%.1f KB", u.median), u.median <= 40, true})
+		}
+	}
+	for _, p := range b.params("append") {
+		u := b.get("append", p, "uidgate", "peak_kb")
+		if u.ok() {
+			// Flat: the peak does not grow with the message; 10 % of one
+			// message is far above buffers and far below a copy of it.
+			limit := float64(b.o.appendSize) / 10 / 1024
+			cs = append(cs, check{fmt.Sprintf("APPEND and FETCH of %s with flat memory (peak increase < 10 %% of one message)", p),
+				fmt.Sprintf("+%s KB", fmtNum(u.median, 0)), u.median < limit, true})
+		}
+	}
+	return cs
+}
+
+// machine describes where the benchmark ran.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kb int64
+		fmt.Sscanf(strings.SplitN(string(b), "\n", 2)[0], "MemTotal: %d kB", &kb)
+		mem = fmt.Sprintf(", %d GB", (kb+(1<<19))>>20)
+	}
+	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	dv, _ := exec.Command("dovecot", "--version").Output()
+	nv, _ := exec.Command("nginx", "-v").CombinedOutput()
+	return fmt.Sprintf("%d CPUs (%s)%s, Linux %s, %s, Dovecot %s, %s",
+		runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), runtime.Version(),
+		strings.Fields(string(dv) + " ?")[0], strings.TrimPrefix(strings.TrimSpace(string(nv)), "nginx version: "))
+}
+
+// Markers delimit the generated part of the "Load benchmarks" section;
+// text outside them (the analysis) is kept as it is.
+const (
+	sectionHeading = "## Load benchmarks"
+	beginMarker    = "<!-- load-benchmarks:begin (generated by `go run ./bench`; edit outside these markers) -->"
+	endMarker      = "<!-- load-benchmarks:end -->"
+)
+
+// writeSection puts body between the markers of the "Load benchmarks"
+// section of file, creating the section (at the end) or the markers (right
+// under the heading) if missing. Other sections are not touched.
+func writeSection(file, body string) error {
+	old, err := os.ReadFile(file)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	doc := string(old)
+	block := beginMarker + "\n" + strings.TrimSpace(body) + "\n" + endMarker
+	switch {
+	case strings.Contains(doc, beginMarker) && strings.Contains(doc, endMarker):
+		i := strings.Index(doc, beginMarker)
+		j := strings.Index(doc, endMarker) + len(endMarker)
+		if j < i {
+			return fmt.Errorf("%s: %q comes before %q", file, endMarker, beginMarker)
+		}
+		doc = doc[:i] + block + doc[j:]
+	case strings.Contains(doc, "\n"+sectionHeading+"\n"):
+		i := strings.Index(doc, "\n"+sectionHeading+"\n") + len(sectionHeading) + 2
+		doc = doc[:i] + "\n" + block + "\n" + doc[i:]
+	default:
+		doc = strings.TrimRight(doc, "\n") + "\n\n" + sectionHeading + "\n\n" + block + "\n"
+	}
+	tmp := file + ".tmp"
+	if err := os.WriteFile(tmp, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, file)
+}

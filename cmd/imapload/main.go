@@ -1,0 +1,118 @@
+// Command imapload is uidgate's IMAP load generator. It drives an IMAP
+// server, or a proxy in front of one, with one workload over plain TCP and
+// prints one line of JSON per result on stdout.
+//
+//	imapload -addr 127.0.0.1:1143 -user 'bench%d' -users 200 -pass secret \
+//	    -workload small -sessions 50 -duration 5s
+//
+// Workloads:
+//
+//	small   NOOP, FETCH n (FLAGS), STORE n +FLAGS, STORE n -FLAGS in a closed
+//	        loop per session; p50/p99 latency and commands/s
+//	bulk    FETCH 1:* BODY.PEEK[] of -mailbox; MB/s
+//	select  SELECT of -mailbox in a new session (then -search); time to OK
+//	idle    -sessions sessions in IDLE for -duration
+//	append  APPEND -count messages of -size bytes, FETCH them back; MB/s
+//	seed    APPEND -count messages of -size bytes to populate -mailbox
+//
+// -smoke runs a short, self-checking pass of every workload in mailboxes
+// of its own (created and deleted) and exits non-zero on any error; CI
+// runs it through bench/smoke.sh.
+//
+// The client speaks the raw line protocol: commands are lines, literals in
+// responses are streamed and dropped (or hashed), and APPEND bodies are
+// generated while they are written, so 50 MB messages cost no memory. Every
+// loop is bounded by -rounds or -count and by time; -max-time bounds the
+// whole run.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("imapload", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg config
+	fs.StringVar(&cfg.addr, "addr", "127.0.0.1:1143", "server `host:port` (plain IMAP)")
+	fs.StringVar(&cfg.user, "user", "bench", "login `name`; %d is replaced by the session number modulo -users")
+	fs.IntVar(&cfg.users, "users", 1, "number of distinct users when -user has %d")
+	fs.StringVar(&cfg.pass, "pass", "bench", "password")
+	fs.StringVar(&cfg.workload, "workload", "small", "small, bulk, select, idle, append or seed")
+	fs.StringVar(&cfg.label, "label", "", "label copied into every result (e.g. the target's name)")
+	fs.IntVar(&cfg.sessions, "sessions", 1, "concurrent sessions")
+	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "measuring time (small, bulk: 0 = rounds only) or hold time (idle)")
+	fs.IntVar(&cfg.rounds, "rounds", 1_000_000, "bound: commands per session (small), FETCHes per session (bulk), SELECTs (select)")
+	fs.Int64Var(&cfg.size, "size", 50_000_000, "message size in bytes (append, seed)")
+	fs.IntVar(&cfg.count, "count", 1, "messages to APPEND (append, seed)")
+	fs.StringVar(&cfg.mailbox, "mailbox", "INBOX", "mailbox to work on")
+	fs.StringVar(&cfg.search, "search", "none", "select: after SELECT, time none, esearch (UID SEARCH RETURN (ALL) ALL) or plain (UID SEARCH ALL)")
+	fs.DurationVar(&cfg.hold, "hold", 0, "select: stay selected this long before LOGOUT")
+	fs.IntVar(&cfg.concurrency, "concurrency", 100, "sessions set up at the same time")
+	fs.DurationVar(&cfg.timeout, "timeout", 2*time.Minute, "bound of one command's round trip")
+	fs.BoolVar(&cfg.idleLogout, "idle-logout", false, "idle: end with DONE and LOGOUT (timed) instead of closing")
+	fs.BoolVar(&cfg.verify, "verify", false, "append: check the SHA-256 of every message fetched back")
+	maxTime := fs.Duration("max-time", time.Hour, "bound of the whole run")
+	smoke := fs.Bool("smoke", false, "run a short self-checking pass of every workload (CI)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 || cfg.sessions < 1 || cfg.rounds < 1 || cfg.count < 0 || cfg.concurrency < 1 {
+		fmt.Fprintln(stderr, "imapload: bad arguments (see -h)")
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *maxTime)
+	defer cancel()
+
+	enc := json.NewEncoder(stdout)
+	failed := false
+	emit := func(r result) {
+		r.Label = cfg.label
+		if r.Errors > 0 {
+			failed = true
+		}
+		enc.Encode(r)
+	}
+	if *smoke {
+		if err := runSmoke(ctx, &cfg, emit); err != nil {
+			fmt.Fprintln(stderr, "imapload: smoke:", err)
+			return 1
+		}
+		return 0
+	}
+	switch cfg.workload {
+	case "small":
+		emit(runSmall(ctx, &cfg))
+	case "bulk":
+		emit(runBulk(ctx, &cfg))
+	case "select":
+		emit(runSelect(ctx, &cfg))
+	case "idle":
+		emit(runIdle(ctx, &cfg, emit))
+	case "append":
+		emit(runAppend(ctx, &cfg))
+	case "seed":
+		emit(runSeed(ctx, &cfg))
+	default:
+		fmt.Fprintf(stderr, "imapload: unknown workload %q\n", cfg.workload)
+		return 2
+	}
+	if failed {
+		return 1
+	}
+	return 0
+}
