@@ -79,6 +79,8 @@ type options struct {
 	nginxWorkers  string
 	nginxBuffer   string
 	profile       string
+	perUserLocks  bool
+	reportFrom    string
 }
 
 func main() {
@@ -118,6 +120,8 @@ func run(args []string) int {
 	fs.StringVar(&o.nginxWorkers, "nginx-workers", "1", "nginx worker_processes")
 	fs.StringVar(&o.nginxBuffer, "nginx-buffer", "", "nginx mail proxy_buffer (default: nginx's, one page)")
 	fs.StringVar(&o.profile, "profile", "", "after the measured runs, write pprof profiles of uidgate into this directory")
+	fs.StringVar(&o.reportFrom, "report-from", "", "write the report (and -doc) again from a -results file, running nothing; the machine line is this machine's")
+	fs.BoolVar(&o.perUserLocks, "uidgate-per-user-locks", false, "diagnostic: run uidgate with cyrus_namespace = true, whose only effect is per-user lock keys for INBOX (see docs/BENCHMARKS.md)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -142,6 +146,13 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	b := &bench{o: o, ps: &procs{}, started: time.Now(), argv: args}
+	if o.reportFrom != "" {
+		if err := b.rereport(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		return 0
+	}
 	err := b.main(ctx)
 	b.ps.stopAll()
 	if b.auth != nil {
@@ -207,6 +218,9 @@ func (b *bench) main(ctx context.Context) error {
 	if b.o.smoke {
 		return b.smoke(ctx)
 	}
+	if b.o.perUserLocks {
+		b.notes = append(b.notes, "Diagnostic run: uidgate with cyrus_namespace = true, so that each user's INBOX has a lock key of its own (-uidgate-per-user-locks).")
+	}
 	if err := b.startServers(ctx); err != nil {
 		return err
 	}
@@ -221,14 +235,37 @@ func (b *bench) main(ctx context.Context) error {
 	return nil
 }
 
+// rereport writes the report of an earlier run from its -results file.
+func (b *bench) rereport(ctx context.Context) error {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return err
+	}
+	b.root = root
+	b.o.results = "" // do not overwrite what is being read
+	if err := b.loadResults(b.o.reportFrom); err != nil {
+		return err
+	}
+	return b.report()
+}
+
+// moduleRoot returns the directory of the uidgate module's go.mod.
+func moduleRoot(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	mod := strings.TrimSpace(string(out))
+	if err != nil || mod == "" || mod == os.DevNull {
+		return "", fmt.Errorf("run from inside the uidgate module (go env GOMOD: %q, %v)", mod, err)
+	}
+	return filepath.Dir(mod), nil
+}
+
 // setup finds the repository, makes the working directory, raises the
 // descriptor limit and builds the binaries.
 func (b *bench) setup(ctx context.Context) error {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
-	if err != nil || strings.TrimSpace(string(out)) == "" || strings.TrimSpace(string(out)) == os.DevNull {
-		return fmt.Errorf("run from inside the uidgate module (go env GOMOD: %v)", err)
+	var err error
+	if b.root, err = moduleRoot(ctx); err != nil {
+		return err
 	}
-	b.root = filepath.Dir(strings.TrimSpace(string(out)))
 	if b.o.work != "" {
 		b.work = b.o.work
 		err = os.MkdirAll(b.work, 0o755)
@@ -299,7 +336,7 @@ func (b *bench) smoke(ctx context.Context) error {
 	if b.dc, err = startDovecot(ctx, b.ps, filepath.Join(b.work, "dovecot"), b.data, b.userList(1), password); err != nil {
 		return err
 	}
-	if b.ug, err = startUidgate(ctx, b.ps, b.work, b.uidgateBin, b.dc.addr, false); err != nil {
+	if b.ug, err = startUidgate(ctx, b.ps, b.work, b.uidgateBin, b.dc.addr, false, b.o.perUserLocks); err != nil {
 		return err
 	}
 	for _, t := range []struct{ name, addr string }{{"direct", b.dc.addr}, {"uidgate", b.ug.addr}} {
@@ -382,7 +419,7 @@ func (b *bench) restartUidgate(ctx context.Context) error {
 		b.ug = nil
 	}
 	var err error
-	b.ug, err = startUidgate(ctx, b.ps, b.work, b.uidgateBin, b.dc.addr, false)
+	b.ug, err = startUidgate(ctx, b.ps, b.work, b.uidgateBin, b.dc.addr, false, b.o.perUserLocks)
 	return err
 }
 
@@ -458,13 +495,15 @@ type loadResult struct {
 // runOut is what one imapload run measured, on the client and on the
 // proxy (memory in bytes, summed over the proxy's processes).
 type runOut struct {
-	res     loadResult
-	ready   *loadResult
-	cpu     time.Duration // proxy CPU time during the run
-	base    int64         // proxy RSS before the run
-	peak    int64         // proxy VmHWM after the run (reset before it)
-	sampled int64         // largest proxy RSS sampled during the run
-	midHold int64         // proxy RSS read by the probe (idle)
+	res   loadResult
+	ready *loadResult
+	cpu   time.Duration // proxy CPU time during the run (between "ready" and "done" if imapload says them)
+
+	cpuReady, cpuDone time.Duration
+	base              int64 // proxy RSS before the run
+	peak              int64 // proxy VmHWM after the run (reset before it)
+	sampled           int64 // largest proxy RSS sampled during the run
+	midHold           int64 // proxy RSS read by the probe (idle)
 }
 
 // holdProbe is run once, after wait, when imapload says its sessions are
@@ -516,7 +555,12 @@ func (b *bench) measure(ctx context.Context, t *target, args []string, probe *ho
 			}
 			break
 		}
+		if r.Phase == "done" {
+			out.cpuDone = sumCPU(pids)
+			continue
+		}
 		if r.Phase == "ready" {
+			out.cpuReady = sumCPU(pids)
 			out.ready = &r
 			if probe != nil && !midStarted {
 				midStarted = true
@@ -541,6 +585,9 @@ func (b *bench) measure(ctx context.Context, t *target, args []string, probe *ho
 	out.sampled = smp.finish()
 	out.peak = sumMem(pids).HWM
 	out.cpu = sumCPU(pids) - cpu0
+	if out.cpuDone > 0 && out.cpuReady > 0 {
+		out.cpu = out.cpuDone - out.cpuReady
+	}
 	if final == nil {
 		return out, fmt.Errorf("imapload %s: no result (%v)\n%s", strings.Join(full, " "), werr, stderr.String())
 	}
@@ -697,10 +744,31 @@ func (b *bench) runSelectStep(ctx context.Context, ts []*target, step int) error
 	return nil
 }
 
+// appendSizes are the message sizes of the append workload: a tenth of
+// -append-size, then -append-size, so that the report can tell whether the
+// proxy's peak memory grows with the message.
+func (b *bench) appendSizes() []int64 {
+	return []int64{max(b.o.appendSize/10, 1000), b.o.appendSize}
+}
+
+// appendParam names an append workload's parameter.
+func (b *bench) appendParam(size int64) string {
+	return fmt.Sprintf("%d × %s MB", b.o.appendCount, strconv.FormatFloat(float64(size)/1e6, 'f', -1, 64))
+}
+
 func (b *bench) runAppend(ctx context.Context, ts []*target) error {
-	param := fmt.Sprintf("%d × %d B", b.o.appendCount, b.o.appendSize)
+	for _, size := range b.appendSizes() {
+		if err := b.runAppendSize(ctx, ts, size); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *bench) runAppendSize(ctx context.Context, ts []*target, size int64) error {
+	param := b.appendParam(size)
 	args := []string{"-workload", "append", "-mailbox", "append", "-count", strconv.Itoa(b.o.appendCount),
-		"-size", strconv.FormatInt(b.o.appendSize, 10)}
+		"-size", strconv.FormatInt(size, 10)}
 	for r := 0; r < b.o.runs; r++ {
 		for _, t := range rotate(ts, r) {
 			if t.restart != nil {
@@ -856,7 +924,7 @@ func (b *bench) startProfiled(ctx context.Context) error {
 		b.ug = nil
 	}
 	var err error
-	b.ug, err = startUidgate(ctx, b.ps, b.work, b.profBin, b.dc.addr, true)
+	b.ug, err = startUidgate(ctx, b.ps, b.work, b.profBin, b.dc.addr, true, b.o.perUserLocks)
 	return err
 }
 

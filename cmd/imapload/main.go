@@ -96,7 +96,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cfg.workload {
 	case "small":
-		emit(runSmall(ctx, &cfg))
+		emit(runSmall(ctx, &cfg, emit))
 	case "bulk":
 		emit(runBulk(ctx, &cfg))
 	case "select":

@@ -72,7 +72,7 @@ func runSmoke(ctx context.Context, base *config, emit func(result)) error {
 
 	small := cfg
 	small.sessions, small.duration = 4, smokeTime
-	if err := step("small", runSmall(ctx, &small), func(r result) error {
+	if err := step("small", runSmall(ctx, &small, nil), func(r result) error {
 		if r.Ops < int64(len(smallOps)) || r.P50us <= 0 {
 			return fmt.Errorf("%d commands, p50 %.0f µs", r.Ops, r.P50us)
 		}

@@ -11,7 +11,9 @@ type result struct {
 	Workload string `json:"workload"`
 	Label    string `json:"label,omitempty"`
 	// Phase is "ready" on the line idle prints once its sessions are all
-	// in IDLE, before the hold; empty on final results.
+	// in IDLE, before the hold, and small once its sessions are set up;
+	// "done" on the line small prints when its measured loop ends; empty
+	// on final results.
 	Phase   string `json:"phase,omitempty"`
 	Mailbox string `json:"mailbox,omitempty"`
 	// Sessions is how many sessions took part (set up successfully).

@@ -173,8 +173,10 @@ var smallOps = [...]struct{ name, format string }{
 // runSmall: cfg.sessions sessions each SELECT cfg.mailbox, then, once all
 // are ready, issue NOOP, FETCH n (FLAGS), STORE n +FLAGS, STORE n -FLAGS in
 // a closed loop (one command at a time) for cfg.duration or cfg.rounds
-// commands, whichever ends first.
-func runSmall(ctx context.Context, cfg *config) result {
+// commands, whichever ends first. Phase lines "ready" and "done" go to
+// emit (if set) just before and after the measured loop, so that an
+// observer can tell set-up and logout from the load.
+func runSmall(ctx context.Context, cfg *config, emit func(result)) result {
 	res := result{Workload: "small", Mailbox: cfg.mailbox}
 	set := newConnSet(ctx)
 	conns := make([]*conn, cfg.sessions)
@@ -201,6 +203,14 @@ func runSmall(ctx context.Context, cfg *config) result {
 		return res
 	}
 	res.Sessions = cfg.sessions
+	phase := func(name string) {
+		if emit != nil {
+			r := res
+			r.Phase = name
+			emit(r)
+		}
+	}
+	phase("ready")
 
 	lat := make([][len(smallOps)]latencies, cfg.sessions)
 	start := time.Now()
@@ -229,6 +239,7 @@ func runSmall(ctx context.Context, cfg *config) result {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	phase("done")
 	logoutAll(ctx, conns, cfg.concurrency, set)
 
 	var all latencies
