@@ -100,10 +100,11 @@ type uidgate struct {
 
 // startUidgate runs bin ("uidgate serve") in front of backend on a free
 // port, with its config and log in dir. With pprof set, the binary must
-// come from buildProfiled. perUserLocks sets cyrus_namespace, a diagnostic:
+// come from buildProfiled; env is added to its environment. perUserLocks
+// sets cyrus_namespace, a diagnostic:
 // against Dovecot its only effect is that each user's INBOX gets a lock key
 // of its own ("user.NAME") instead of one "INBOX" key for every user.
-func startUidgate(ctx context.Context, ps *procs, dir, bin, backend string, pprof, perUserLocks bool) (*uidgate, error) {
+func startUidgate(ctx context.Context, ps *procs, dir, bin, backend string, pprof, perUserLocks bool, env []string) (*uidgate, error) {
 	cyrusNS := ""
 	if perUserLocks {
 		cyrusNS = "cyrus_namespace = true  # diagnostic: per-user INBOX lock keys"
@@ -119,7 +120,7 @@ func startUidgate(ctx context.Context, ps *procs, dir, bin, backend string, ppro
 		if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
 			return nil, err
 		}
-		var env []string
+		env := env
 		u := &uidgate{addr: fmt.Sprintf("127.0.0.1:%d", port)}
 		if pprof {
 			pp, err := freePort()

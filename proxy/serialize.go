@@ -43,11 +43,13 @@ func (ss *session) canonical(name string) string {
 	if name == "" {
 		return ""
 	}
-	sep := byte('/')
 	if ss.cyrusNamespace {
-		sep = '.'
+		return rules.CanonicalMailbox(ss.user, name, '.', true)
 	}
-	return rules.CanonicalMailbox(ss.user, name, sep, ss.cyrusNamespace)
+	// Without a known shared namespace, a name is the user's own mailbox:
+	// alice's INBOX and bob's INBOX are different mailboxes and must not
+	// share a lock (that serialized every user's STOREs behind one key).
+	return ss.user + "/" + rules.CanonicalMailbox(ss.user, name, '/', false)
 }
 
 // lock takes the keys req needs. It never holds anything while waiting on

@@ -128,7 +128,7 @@ func TestLockKeysPerCommand(t *testing.T) {
 		Serialization: rules.Serialization{SelectTakesSeen: true},
 	}
 	s := startLockSession(t, srv, sb)
-	release, err := mem.Acquire(t.Context(), []string{rules.MailboxKey("scripted", "INBOX"), rules.SeenKey("scripted", "alice")})
+	release, err := mem.Acquire(t.Context(), []string{rules.MailboxKey("scripted", "alice/INBOX"), rules.SeenKey("scripted", "alice")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,4 +154,36 @@ func TestLockKeysPerCommand(t *testing.T) {
 		io.WriteString(s.b, tag+" OK done\r\n")
 		s.expect(s.cr, s.c, tag+" OK done")
 	}
+}
+
+// TestLocksPerUserMailbox: on a backend without the Cyrus namespace, one
+// user's INBOX lock does not hold back another user's STORE.
+func TestLocksPerUserMailbox(t *testing.T) {
+	sb := newScriptedBackend(t)
+	backend := &upstream.Backend{Name: "scripted", Address: sb.ln.Addr().String(), TLS: upstream.TLSNone}
+	mem := &locks.Memory{}
+	srv := &Server{
+		Route:       func(string) (*upstream.Backend, bool) { return backend, true },
+		Locks:       mem,
+		LockTimeout: 200 * time.Millisecond,
+	}
+	s := startLockSession(t, srv, sb) // logs in as alice
+	// bob holds his own INBOX: alice is not held back.
+	release, err := mem.Acquire(t.Context(), []string{rules.MailboxKey("scripted", "bob/INBOX")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	s.send(s.c, "a1 STORE 1 +FLAGS (\\Flagged)")
+	s.expect(s.br, s.b, "a1 UID STORE 1 +FLAGS (\\Flagged)")
+	io.WriteString(s.b, "a1 OK done\r\n")
+	s.expect(s.cr, s.c, "a1 OK done")
+	// alice's own INBOX held: she waits, and gets INUSE.
+	rel2, err := mem.Acquire(t.Context(), []string{rules.MailboxKey("scripted", "alice/INBOX")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel2()
+	s.send(s.c, "a2 STORE 1 +FLAGS (\\Flagged)")
+	s.expect(s.cr, s.c, "a2 NO [INUSE] Mailbox in use by another session, try again")
 }

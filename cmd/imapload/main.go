@@ -29,6 +29,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -57,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&cfg.rounds, "rounds", 1_000_000, "bound: commands per session (small), FETCHes per session (bulk), SELECTs (select)")
 	fs.Int64Var(&cfg.size, "size", 50_000_000, "message size in bytes (append, seed)")
 	fs.IntVar(&cfg.count, "count", 1, "messages to APPEND (append, seed)")
-	fs.StringVar(&cfg.mailbox, "mailbox", "INBOX", "mailbox to work on")
+	fs.StringVar(&cfg.mailbox, "mailbox", "INBOX", "mailbox to work on (idle: \"\" enters IDLE without SELECT)")
 	fs.StringVar(&cfg.search, "search", "none", "select: after SELECT, time none, esearch (UID SEARCH RETURN (ALL) ALL) or plain (UID SEARCH ALL)")
 	fs.DurationVar(&cfg.hold, "hold", 0, "select: stay selected this long before LOGOUT")
 	fs.IntVar(&cfg.concurrency, "concurrency", 100, "sessions set up at the same time")
@@ -67,6 +68,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	maxTime := fs.Duration("max-time", time.Hour, "bound of the whole run")
 	smoke := fs.Bool("smoke", false, "run a short self-checking pass of every workload (CI)")
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	switch cfg.search {
+	case "none", "esearch", "plain":
+	default:
+		fmt.Fprintf(stderr, "imapload: -search %q: want none, esearch or plain\n", cfg.search)
 		return 2
 	}
 	if fs.NArg() > 0 || cfg.sessions < 1 || cfg.rounds < 1 || cfg.count < 0 || cfg.concurrency < 1 {
