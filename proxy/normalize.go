@@ -388,7 +388,8 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 		if sel.state == selReady && v != sel.validity {
 			// RFC 9051 §2.3.1.1: every UID the client holds is void; it
 			// must start over, and uidgate's map with it.
-			rs.fatal = "[UNAVAILABLE] Mailbox UIDVALIDITY changed; please reconnect"
+			why := "[UNAVAILABLE] Mailbox UIDVALIDITY changed; please reconnect"
+			rs.fatal.Store(&why)
 			return nil, true
 		}
 		sel.validity = v
@@ -788,6 +789,10 @@ func (ss *session) finishSelect(rs *relayState, sel *selection, out *[]byte) []b
 			b = append(b, "* "...)
 			b = appendUint(b, sel.m.ClientCount())
 			b = append(b, " EXISTS\r\n"...)
+		case ok && r.HasNum && imapwire.EqualFold(r.Name, "FETCH") && sel.m != nil:
+			// Numbered before the UID list: an EXPUNGE absorbed by the list
+			// may have shifted it. Dropped rather than risk a wrong number;
+			// the client fetches flags after SELECT anyway.
 		case ok && imapwire.EqualFold(r.Code, "UNSEEN") && sel.m != nil:
 			n, _ := parseNumber(r.CodeArgs)
 			if m, ok := sel.m.UpstreamToClient(n); ok && !sel.legacy {
@@ -803,7 +808,13 @@ func (ss *session) finishSelect(rs *relayState, sel *selection, out *[]byte) []b
 	b = append(b, sel.heldOK...)
 	sel.held, sel.heldOK = nil, nil
 	if sel.m == nil {
-		rs.sel = nil // no map: relay numbers as they are
+		if sel.legacy {
+			// A legacy backend's numbers must never reach a client
+			// untranslated; without a UID list there is no translation.
+			why := "[UNAVAILABLE] uidgate could not read the mailbox's UIDs"
+			rs.fatal.Store(&why)
+		}
+		rs.sel = nil // compliant backend, no map: numbers pass as they are
 	} else {
 		sel.state = selReady
 	}

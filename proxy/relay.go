@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -147,7 +148,9 @@ type relayState struct {
 	legacy     bool
 	esearch    bool   // backend has ESEARCH (RFC 4731)
 	toSend     []byte // uidgate's own command to send after a response
-	fatal      string // the session must end with this BYE text
+	// fatal, once set, is the BYE text the session must end with; it is
+	// read on every response, so without the lock.
+	fatal atomic.Pointer[string]
 }
 
 func (rs *relayState) isLogoutTag(tag []byte) bool {
@@ -622,8 +625,8 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 				if err := ss.sendQueued(rs); err != nil {
 					return err
 				}
-				if why := rs.fatalText(); why != "" {
-					ss.bye(why)
+				if why := rs.fatal.Load(); why != nil {
+					ss.bye(*why)
 					return nil
 				}
 				literalOK = resp.MayAnnounceLiteral()
@@ -680,12 +683,6 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			return nil
 		}
 	}
-}
-
-func (rs *relayState) fatalText() string {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	return rs.fatal
 }
 
 // sendQueued writes a command uidgate decided to send while handling a
