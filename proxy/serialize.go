@@ -60,18 +60,19 @@ func (ss *session) lock(req rules.LockRequest) (func(), error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), ss.srv.lockTimeout())
-	defer cancel()
-	// The wait ends early if the session does; the goroutine ends with ctx.
-	go func() {
-		select {
-		case <-ss.done:
-			cancel()
-		case <-ctx.Done():
+	mgr := ss.srv.locks()
+	if try, ok := mgr.(locks.TryAcquirer); ok {
+		// Uncontended: no timer, no wait.
+		if release, ok := try.TryAcquire(keys); ok {
+			ss.srv.Metrics.lockWaited(0, false)
+			return release, nil
 		}
-	}()
+	}
+	// The wait ends early if the session does (ss.ctx).
+	ctx, cancel := context.WithTimeout(ss.ctx, ss.srv.lockTimeout())
+	defer cancel()
 	t0 := time.Now()
-	release, err := ss.srv.locks().Acquire(ctx, keys)
+	release, err := mgr.Acquire(ctx, keys)
 	ss.srv.Metrics.lockWaited(time.Since(t0), err != nil)
 	if d := time.Since(t0); d > 100*time.Millisecond {
 		ss.log.Debug().Strs("keys", keys).Dur("waited", d).Msg("lock wait")

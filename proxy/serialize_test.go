@@ -105,6 +105,13 @@ func TestLocksAcrossSessions(t *testing.T) {
 
 	// C waits (patiently); A's client goes away; C's STORE then goes upstream.
 	c.send(c.c, "c1 STORE 2 +FLAGS (\\Flagged)")
+	key := rules.MailboxKey("scripted", "alice/INBOX")
+	for deadline := time.Now().Add(stepTimeout); mem.Waiting(key) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("C's STORE never queued for the mailbox key")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	a.c.Close()
 	<-a.done
 	c.expect(c.br, c.b, "c1 UID STORE 2 +FLAGS (\\Flagged)")

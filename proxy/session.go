@@ -63,8 +63,12 @@ type session struct {
 	uw             *bufio.Writer // to the backend, under upMu
 	upMu           sync.Mutex
 	done           chan struct{} // closed when the session is torn down
-	closing        atomic.Bool
-	connMu         sync.Mutex // guards conn and up against closeAll from elsewhere
+	// ctx ends with done (cancelled by closeAll), for waits that take a
+	// context.
+	ctx       context.Context
+	cancelCtx context.CancelFunc
+	closing   atomic.Bool
+	connMu    sync.Mutex // guards conn and up against closeAll from elsewhere
 
 	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
 	closeOnce         sync.Once
@@ -84,6 +88,7 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 		conn:       c,
 		done:       make(chan struct{}),
 	}
+	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
 	ss.log = s.logger().With().Uint64("cid", id).Str("remote", ss.remote).Str("listener", l.Name).Logger()
 	ss.cr = imapwire.NewReader(c, s.maxLine())
 	ss.cw = newSyncWriter(c)
@@ -135,6 +140,7 @@ func (ss *session) closeAll() {
 	ss.closeOnce.Do(func() {
 		ss.closing.Store(true)
 		close(ss.done)
+		ss.cancelCtx()
 		ss.connMu.Lock()
 		c, up := ss.conn, ss.up
 		ss.connMu.Unlock()

@@ -25,13 +25,24 @@ type Manager interface {
 	Acquire(ctx context.Context, keys []string) (release func(), err error)
 }
 
+// TryAcquirer is implemented by Managers that can grant keys at once when
+// none is held, without a context: the common, uncontended case then costs
+// no timer and no goroutine. ok is false when any key is held; nothing is
+// taken then, and the caller falls back to Acquire.
+type TryAcquirer interface {
+	TryAcquire(keys []string) (release func(), ok bool)
+}
+
 // Memory is the in-process Manager. The zero value is ready to use.
 type Memory struct {
 	mu   sync.Mutex
 	keys map[string]*queue
 }
 
-var _ Manager = (*Memory)(nil)
+var (
+	_ Manager     = (*Memory)(nil)
+	_ TryAcquirer = (*Memory)(nil)
+)
 
 // queue is one key: held or not, and its waiters in arrival order. A
 // waiter's channel is closed when the key passes to it.
@@ -57,6 +68,11 @@ func (m *Memory) Acquire(ctx context.Context, keys []string) (func(), error) {
 		}
 		taken++
 	}
+	return m.releaser(keys), nil
+}
+
+// releaser gives back sorted keys, once, in reverse order.
+func (m *Memory) releaser(keys []string) func() {
 	var once sync.Once
 	return func() {
 		once.Do(func() {
@@ -64,7 +80,29 @@ func (m *Memory) Acquire(ctx context.Context, keys []string) (func(), error) {
 				m.release(keys[i])
 			}
 		})
-	}, nil
+	}
+}
+
+// TryAcquire takes every key if none is held or waited for, in one step.
+func (m *Memory) TryAcquire(keys []string) (func(), bool) {
+	m.mu.Lock()
+	for _, k := range keys {
+		if _, busy := m.keys[k]; busy {
+			m.mu.Unlock()
+			return nil, false
+		}
+	}
+	if m.keys == nil {
+		m.keys = make(map[string]*queue)
+	}
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	for _, k := range keys {
+		m.keys[k] = &queue{held: true}
+	}
+	m.mu.Unlock()
+	return m.releaser(keys), true
 }
 
 func (m *Memory) acquire(ctx context.Context, key string) error {
@@ -123,6 +161,16 @@ func (m *Memory) releaseLocked(key string) {
 	}
 	q.held = false
 	delete(m.keys, key)
+}
+
+// Waiting reports how many acquisitions wait for key, for tests.
+func (m *Memory) Waiting(key string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if q := m.keys[key]; q != nil {
+		return len(q.waiters)
+	}
+	return 0
 }
 
 // Held reports how many keys are held, for tests and metrics.

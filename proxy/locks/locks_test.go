@@ -118,3 +118,44 @@ func TestNoDeadlock(t *testing.T) {
 		t.Errorf("%d keys still held", m.Held())
 	}
 }
+
+func TestTryAcquire(t *testing.T) {
+	var m Memory
+	rel, ok := m.TryAcquire([]string{"b", "a", "b"})
+	if !ok {
+		t.Fatal("free keys refused")
+	}
+	if m.Held() != 2 {
+		t.Fatalf("%d keys held, want 2", m.Held())
+	}
+	// Any held key refuses the whole set, and takes nothing.
+	if _, ok := m.TryAcquire([]string{"c", "a"}); ok {
+		t.Fatal("held key granted twice")
+	}
+	if m.Held() != 2 {
+		t.Fatalf("%d keys held after a refused try, want 2", m.Held())
+	}
+	// A waiter queued behind a try-acquired key gets it on release.
+	got := make(chan error, 1)
+	go func() {
+		r, err := m.Acquire(context.Background(), []string{"a"})
+		if err == nil {
+			r()
+		}
+		got <- err
+	}()
+	for m.Waiting("a") == 0 {
+		runtime.Gosched()
+	}
+	if _, ok := m.TryAcquire([]string{"a"}); ok {
+		t.Fatal("a try overtook a queued waiter")
+	}
+	rel()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	rel() // a second call is a no-op
+	if m.Held() != 0 {
+		t.Errorf("%d keys still held", m.Held())
+	}
+}
