@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -182,18 +181,29 @@ func (ss *session) relay(ctx context.Context) {
 	}
 	rs.cond = sync.NewCond(&rs.mu)
 	ss.rs = rs
-	ss.uw = bufio.NewWriterSize(ss.up.Conn, writeBufSize)
+	ss.uw = newFlushWriter(ss.up.Conn)
 	ss.up.R.SetMaxLine(upstreamMaxLine)
-	done := make(chan error, 2)
-	go func() { done <- ss.clientToUpstream(rs) }()
-	go func() { done <- ss.upstreamToClient(rs) }()
-	err := <-done
-	// The first to finish closes both sides; the other then returns too.
-	if err != nil && !isClosed(err) {
-		ss.log.Warn().Err(err).Msg("relay ended")
+	// One goroutine per direction: the client's commands on a new one, the
+	// backend's responses on this one (a third goroutine, only waiting,
+	// would cost every idle session its stack). The first to finish closes
+	// both sides; the other then returns too, and only the first's error
+	// is worth a log line.
+	var first sync.Once
+	end := func(err error) {
+		first.Do(func() {
+			if err != nil && !isClosed(err) {
+				ss.log.Warn().Err(err).Msg("relay ended")
+			}
+		})
+		ss.closeAll()
 	}
-	ss.closeAll()
-	<-done
+	clientDone := make(chan struct{})
+	go func() {
+		defer close(clientDone)
+		end(ss.clientToUpstream(rs))
+	}()
+	end(ss.upstreamToClient(rs))
+	<-clientDone
 	rs.mu.Lock()
 	rs.ended = true
 	rs.cond.Broadcast()
@@ -661,17 +671,10 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 		werr := ss.cw.write(fwd, !has && ur.Buffered() == 0)
 		ss.bytesOut.Add(int64(len(fwd)))
 		if has && werr == nil {
-			werr = ss.cw.bw.Flush()
-			if werr == nil {
-				ss.cw.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-				ur.Expect(lit.Size)
-				var n int64
-				n, werr = ur.CopyLiteral(ss.cw.conn)
-				ss.bytesOut.Add(n)
-			}
-			if werr != nil {
-				ss.cw.err = werr
-			}
+			ur.Expect(lit.Size)
+			var n int64
+			n, werr = ss.cw.copyLiteral(ur)
+			ss.bytesOut.Add(n)
 		}
 		ss.cw.mu.Unlock()
 		if werr != nil {

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -31,8 +30,6 @@ const (
 	preauthMaxCommand = 16 << 10
 	// traceMax bounds a traced line.
 	traceMax = 512
-	// writeBufSize is the buffered writer per direction.
-	writeBufSize = 4 << 10
 )
 
 // session is one client connection, before and after login.
@@ -60,7 +57,7 @@ type session struct {
 	// explicitSeen: non-PEEK body fetches go as .PEEK plus a STORE \Seen.
 	explicitSeen   bool
 	cyrusNamespace bool
-	uw             *bufio.Writer // to the backend, under upMu
+	uw             *flushWriter // to the backend, under upMu
 	upMu           sync.Mutex
 	done           chan struct{} // closed when the session is torn down
 	// ctx ends with done (cancelled by closeAll), for waits that take a
@@ -99,28 +96,81 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 type syncWriter struct {
 	mu   sync.Mutex
 	conn net.Conn
-	bw   *bufio.Writer
+	fw   *flushWriter // to deadlineWriter{conn}
 	err  error
 }
 
 func newSyncWriter(c net.Conn) *syncWriter {
-	return &syncWriter{conn: c, bw: bufio.NewWriterSize(c, writeBufSize)}
+	return &syncWriter{conn: c, fw: newFlushWriter(deadlineWriter{c})}
 }
 
-// writeLine writes b, flushing if flush is set. Must hold mu.
+// write writes b, flushing if flush is set. Must hold mu.
 func (w *syncWriter) write(b []byte, flush bool) error {
 	if w.err != nil {
 		return w.err
 	}
-	w.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	if _, err := w.bw.Write(b); err != nil {
+	if _, err := w.fw.Write(b); err != nil {
 		w.err = err
 		return err
 	}
 	if flush {
-		w.err = w.bw.Flush()
+		w.err = w.fw.Flush()
 	}
 	return w.err
+}
+
+// reset makes w write to c (after STARTTLS). Must hold mu.
+func (w *syncWriter) reset(c net.Conn) {
+	w.conn = c
+	w.fw.Reset(deadlineWriter{c})
+}
+
+// deadlineWriter bounds every write to a peer that does not read.
+type deadlineWriter struct{ c net.Conn }
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	d.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return d.c.Write(p)
+}
+
+// spliceStep is how much of a long literal is copied per write deadline.
+const spliceStep = 1 << 20
+
+// ReadFrom copies r to the connection in steps, each with a fresh
+// deadline, through the connection's own ReadFrom (splice on Linux, which
+// needs an *io.LimitedReader directly over the socket: so a LimitedReader
+// is unwrapped, not wrapped again).
+func (d deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
+	src, limit := r, int64(-1)
+	lr, limited := r.(*io.LimitedReader)
+	if limited {
+		src, limit = lr.R, lr.N
+	}
+	var total int64
+	defer func() {
+		if limited {
+			lr.N -= total
+		}
+	}()
+	for limit != 0 {
+		step := int64(spliceStep)
+		if limit > 0 && limit < step {
+			step = limit
+		}
+		d.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		n, err := io.CopyN(d.c, src, step)
+		total += n
+		if limit > 0 {
+			limit -= n
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // send writes one complete line and flushes.
@@ -217,8 +267,7 @@ func (ss *session) setConn(c net.Conn) {
 	ss.tlsOn = true
 	ss.cr.Reset(c)
 	ss.cw.mu.Lock()
-	ss.cw.conn = c
-	ss.cw.bw.Reset(c)
+	ss.cw.reset(c)
 	ss.cw.mu.Unlock()
 }
 

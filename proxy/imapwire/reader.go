@@ -177,6 +177,27 @@ func (r *Reader) ReadLiteral(dst []byte) ([]byte, error) {
 	return dst, nil
 }
 
+// ReadLiteralChunk reads the next bytes of the pending literal into p: at
+// most len(p) and never beyond the literal. What is buffered comes first;
+// with nothing buffered one read of the underlying reader fills p directly.
+func (r *Reader) ReadLiteralChunk(p []byte) (int, error) {
+	if int64(len(p)) > r.pending {
+		p = p[:r.pending]
+	}
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, err := r.br.Read(p)
+	r.pending -= int64(n)
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if n > 0 && err != nil && r.pending == 0 {
+		err = nil
+	}
+	return n, err
+}
+
 // DiscardLiteral skips the pending literal.
 func (r *Reader) DiscardLiteral() error {
 	_, err := r.CopyLiteral(io.Discard)
