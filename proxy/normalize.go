@@ -282,8 +282,7 @@ func (ss *session) injectTagLocked(rs *relayState, kind injectKind) string {
 	tag := injectTagPrefix + itoa(rs.injectN)
 	rs.tags[tag] = pendingCmd{inject: kind}
 	rs.injected = tag
-	rs.injectList = rs.injectList[:0]
-	rs.injectSet = rs.injectSet[:0]
+	rs.injectList, rs.injectSet = nil, nil
 	rs.injectES = false
 	return tag
 }
@@ -415,11 +414,11 @@ func (ss *session) trackCounts(rs *relayState, r *imapwire.Response) {
 // onSelecting holds a SELECT's untagged responses until the map is built,
 // so that the EXISTS the client hears agrees with the map.
 func (ss *session) onSelecting(rs *relayState, sel *selection, r *imapwire.Response, line []byte) ([]byte, bool) {
-	if rs.injected != "" && rs.tags[rs.injected].inject == injectBuild && ss.takeSearchResult(rs, r, line) {
-		if err := ss.loadInjected(rs, sel); err != nil {
-			ss.log.Warn().Err(err).Msg("cannot load the UID list")
-		}
-		sel.loaded = true
+	if p := ss.buildList(rs, r, line); p != nil {
+		// A list too long for the read buffer never gets here: readUpLine
+		// diverts it into the same parser as it arrives.
+		p.feed(line[r.After:])
+		ss.finishBuildList(sel, p)
 		return nil, true
 	}
 	switch {
@@ -443,8 +442,9 @@ func (ss *session) onSelecting(rs *relayState, sel *selection, r *imapwire.Respo
 	return nil, true
 }
 
-// takeSearchResult collects the UIDs of an injected UID SEARCH ALL from
-// "* SEARCH" (RFC 9051 §7.3.4) or "* ESEARCH ... ALL" (RFC 4731).
+// takeSearchResult collects the UIDs of an injected resync's UID SEARCH
+// ALL from "* SEARCH" (RFC 9051 §7.3.4) or "* ESEARCH ... ALL" (RFC 4731).
+// The map build parses its list as it arrives instead (see buildList).
 func (ss *session) takeSearchResult(rs *relayState, r *imapwire.Response, line []byte) bool {
 	rest := imapwire.TrimEOL(line[r.After:])
 	switch {
@@ -478,15 +478,9 @@ func (ss *session) takeSearchResult(rs *relayState, r *imapwire.Response, line [
 	return false
 }
 
-// loadInjected loads (build) or diffs (resync) the collected UID list.
+// loadInjected diffs the UID list collected for a resync against the map,
+// then drops the list: a large one must not stay for the session's life.
 func (ss *session) loadInjected(rs *relayState, sel *selection) error {
-	kind := rs.tags[rs.injected].inject
-	if kind == injectBuild {
-		if rs.injectES {
-			return sel.m.LoadSet(rs.injectSet)
-		}
-		return sel.m.Load(rs.injectList)
-	}
 	var st sessionmap.ResyncStats
 	var err error
 	ss.srv.Metrics.resync()
@@ -495,6 +489,7 @@ func (ss *session) loadInjected(rs *relayState, sel *selection) error {
 	} else {
 		st, err = sel.m.Resync(rs.injectList)
 	}
+	rs.injectList, rs.injectSet = nil, nil
 	ss.log.Debug().Uint32("expunged", st.Expunged).Uint32("added", st.Added).Uint32("resolved", st.Resolved).Msg("resync")
 	return err
 }

@@ -138,6 +138,9 @@ type relayState struct {
 	searchQ    []string // tags whose untagged SEARCH/SORT/THREAD need mapping, in order
 	injectN    int
 	injected   string // tag of the injected command in flight
+	// injectList or injectSet (injectES: from ESEARCH) collect the UID
+	// list of an injected resync, and are dropped once diffed. The map
+	// build parses its list as it arrives instead (buildList).
 	injectList []uint32
 	injectSet  imap.UIDSet
 	injectES   bool
@@ -610,7 +613,7 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	dropping := false    // the response being read is not for the client
 	var out []byte
 	for {
-		line, err := ur.ReadLine()
+		line, err := ss.readUpLine(rs, ur, midResponse)
 		if err != nil {
 			rs.mu.Lock()
 			bye := rs.byeSeen

@@ -119,6 +119,86 @@ func BenchmarkLoad(b *testing.B) {
 	}
 }
 
+// BenchmarkLoader loads 1,000,000 UIDs through a Loader, one Add per UID
+// as "* SEARCH" gives them, or per range as ESEARCH ALL gives them, next
+// to LoadSet of the same ranges parsed into an imap.UIDSet. B/alloc is
+// what one load allocates (the map included), B/map what the map holds.
+func BenchmarkLoader(b *testing.B) {
+	everyOther := make([]uint32, benchN)
+	for i := range everyOther {
+		everyOther[i] = 1 + 2*uint32(i)
+	}
+	for _, tc := range []struct {
+		name string
+		uids []uint32
+	}{{"dense", benchUIDs(false)}, {"gaps1%", benchUIDs(true)}, {"everyother", everyOther}} {
+		var set imap.UIDSet
+		for _, u := range tc.uids {
+			set = appendUIDRange(set, u, u)
+		}
+		report := func(b *testing.B, m *Map, alloc uint64) {
+			b.ReportMetric(float64(alloc), "B/alloc")
+			b.ReportMetric(float64(m.Bytes()), "B/map")
+		}
+		b.Run(tc.name+"/loader-uids", func(b *testing.B) {
+			var alloc uint64
+			var m *Map
+			for b.Loop() {
+				alloc = allocs(func() {
+					m = New()
+					l := m.NewLoader()
+					for _, u := range tc.uids {
+						l.Add(u, u)
+					}
+					if err := l.Finish(); err != nil {
+						b.Fatal(err)
+					}
+				})
+			}
+			report(b, m, alloc)
+		})
+		b.Run(tc.name+"/loader-ranges", func(b *testing.B) {
+			var alloc uint64
+			var m *Map
+			for b.Loop() {
+				alloc = allocs(func() {
+					m = New()
+					l := m.NewLoader()
+					for _, r := range set {
+						l.Add(uint32(r.Start), uint32(r.Stop))
+					}
+					if err := l.Finish(); err != nil {
+						b.Fatal(err)
+					}
+				})
+			}
+			report(b, m, alloc)
+		})
+		b.Run(tc.name+"/loadset", func(b *testing.B) {
+			var alloc uint64
+			var m *Map
+			for b.Loop() {
+				alloc = allocs(func() {
+					m = New()
+					if err := m.LoadSet(set); err != nil {
+						b.Fatal(err)
+					}
+				})
+			}
+			report(b, m, alloc)
+		})
+	}
+}
+
+// allocs returns the bytes fn allocates.
+func allocs(fn func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	fn()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
 // BenchmarkMemory reports the heap held by one loaded mailbox, measured
 // (B/heap) and as Bytes() reports it (B/map). A Map holds both views in
 // one structure; the naive model holds one slice per view.

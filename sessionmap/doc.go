@@ -35,7 +35,8 @@
 //
 // # Events, in the order a session sees them
 //
-//	SELECT, then UID SEARCH ALL    Load (or LoadSet for ESEARCH ALL)
+//	SELECT, then UID SEARCH ALL    Load (or LoadSet for ESEARCH ALL, or
+//	                               NewLoader to take the list as it arrives)
 //	* n EXISTS                     Exists, then AnnounceArrivals when the
 //	                               client may be told (* ClientCount() EXISTS)
 //	* n FETCH (UID u ...)          Resolve for a placeholder

@@ -59,10 +59,16 @@ type Reader struct {
 // NewReader returns a Reader over r with lines bounded by maxLine
 // (DefaultMaxLine if ≤ 0).
 func NewReader(r io.Reader, maxLine int) *Reader {
+	return newReaderSize(r, maxLine, readBufSize)
+}
+
+// newReaderSize is NewReader with a bufio buffer of bufSize bytes (tests
+// use tiny ones to split lines anywhere).
+func newReaderSize(r io.Reader, maxLine, bufSize int) *Reader {
 	if maxLine <= 0 {
 		maxLine = DefaultMaxLine
 	}
-	return &Reader{br: bufio.NewReaderSize(r, readBufSize), src: r, maxLine: maxLine}
+	return &Reader{br: bufio.NewReaderSize(r, bufSize), src: r, maxLine: maxLine}
 }
 
 // Reset makes the Reader read from r, dropping anything buffered. It is
@@ -98,6 +104,12 @@ func (r *Reader) ReadLine() ([]byte, error) {
 		}
 		return frag, nil
 	}
+	return r.assemble(frag, err)
+}
+
+// assemble reads the rest of a line that did not fit the buffer (frag and
+// err from the first ReadSlice) into r.line.
+func (r *Reader) assemble(frag []byte, err error) ([]byte, error) {
 	r.line = append(r.line[:0], frag...)
 	for err == bufio.ErrBufferFull {
 		if len(r.line) > r.maxLine {
@@ -120,6 +132,56 @@ func (r *Reader) ReadLine() ([]byte, error) {
 		r.line = nil // do not keep a huge buffer for the session's life
 	}
 	return line, nil
+}
+
+// ReadLineDivert is ReadLine for a line that may be too long to be worth
+// holding, such as the UID list of a large mailbox ("* SEARCH" of
+// 1,000,000 UIDs is 7 MB). A line that fits the buffer is returned as
+// ReadLine returns it, and divert is not called. Otherwise divert is
+// called with the head of the line: the first full buffer, without its
+// line end. If it returns nil, the line is assembled and returned as by
+// ReadLine. If it returns a sink, the head and then every further fragment
+// of the line, the last one ending with LF, are passed to the sink in
+// order, each valid only during the call; nothing is assembled, and the
+// call returns a nil line with diverted set. The line bound still holds:
+// past it the sink gets nothing more and the error is ErrLineTooLong. A
+// line cut short by the end of the stream is io.ErrUnexpectedEOF; a
+// diverted line that fails has reached its sink only in part.
+func (r *Reader) ReadLineDivert(divert func(head []byte) (sink func(frag []byte))) (line []byte, diverted bool, err error) {
+	if r.pending > 0 {
+		return nil, false, ErrLiteralPending
+	}
+	frag, err := r.br.ReadSlice('\n')
+	if err == nil {
+		if len(frag) > r.maxLine {
+			return nil, false, ErrLineTooLong
+		}
+		return frag, false, nil
+	}
+	if err != bufio.ErrBufferFull || divert == nil || len(frag) > r.maxLine {
+		line, err = r.assemble(frag, err)
+		return line, false, err
+	}
+	sink := divert(frag)
+	if sink == nil {
+		line, err = r.assemble(frag, err)
+		return line, false, err
+	}
+	n := len(frag)
+	sink(frag)
+	for err == bufio.ErrBufferFull {
+		frag, err = r.br.ReadSlice('\n')
+		if n += len(frag); n > r.maxLine {
+			return nil, true, ErrLineTooLong
+		}
+		if err == nil || err == bufio.ErrBufferFull {
+			sink(frag)
+		}
+	}
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	return nil, true, err
 }
 
 // Expect marks n literal bytes as announced; they must be consumed with

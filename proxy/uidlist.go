@@ -1,0 +1,373 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+
+	"uidgate/proxy/imapwire"
+	"uidgate/sessionmap"
+)
+
+// The map build after SELECT reads the answer to uidgate's "UID SEARCH
+// [RETURN (ALL)] ALL", one line that holds every UID of the mailbox (7 MB
+// for 1,000,000 UIDs without ESEARCH). It is parsed as it arrives, in
+// fragments split anywhere, into a sessionmap.Loader: neither the line nor
+// a list of its UIDs is ever held.
+
+var errUIDListSyntax = errors.New("malformed UID list")
+
+// uidListState is where a uidList is in its line.
+type uidListState uint8
+
+const (
+	// "* SEARCH" (RFC 9051 §7.3.4): nz-number *(SP nz-number).
+	lsSep  uidListState = iota // before a number, or after one and its SP
+	lsNum                      // inside a number
+	lsStop                     // after the numbers: the rest is ignored
+
+	// "* ESEARCH" (RFC 4731 §4): [search-correlator] [SP "UID"]
+	// *(SP search-return-data).
+	esItem      // before a return item, or the correlator
+	esName      // inside a return item's name
+	esValue     // before the value of an item other than ALL
+	esAtomValue // inside such a value (a number or an atom)
+	esParen     // inside a parenthesized value (the correlator, ext values)
+	esQuoted    // inside a quoted string (of the correlator)
+	esSetStart  // before a number of ALL's sequence-set
+	esLo        // inside the first number of a range
+	esHiStart   // after ':'
+	esHi        // inside the second number of a range
+)
+
+// maxItemName bounds what is kept of a return item's name: enough to tell
+// "UID" and "ALL" from the rest.
+const maxItemName = 8
+
+// uidList parses the UID list of the build's search answer, from just
+// after the response name (imapwire.Response.After) to the line end, and
+// adds each UID range to ld. The first syntax error stops it; close
+// reports it.
+type uidList struct {
+	ld      *sessionmap.Loader
+	st      uidListState
+	ret     uidListState // the state a quoted string returns to
+	n       uint64       // the number being read
+	lo      uint32       // the start of a range
+	name    [maxItemName]byte
+	nameLen int
+	depth   int // parentheses open in esParen
+	escaped bool
+	pos     int64 // offset in what was fed, for error messages
+	ended   bool  // the line end (or an error) was seen
+	err     error
+}
+
+// newUIDList returns a parser of "* ESEARCH" data (esearch) or "* SEARCH"
+// data feeding ld.
+func newUIDList(ld *sessionmap.Loader, esearch bool) *uidList {
+	p := &uidList{ld: ld, st: lsSep}
+	if esearch {
+		p.st = esItem
+	}
+	return p
+}
+
+func (p *uidList) fail(what string, c byte) {
+	if p.err == nil {
+		p.err = fmt.Errorf("%w: %s at byte %d (%q)", errUIDListSyntax, what, p.pos, c)
+	}
+	p.ended = true
+}
+
+// feed parses the next fragment of the line.
+func (p *uidList) feed(frag []byte) {
+	base := p.pos
+	for i := 0; i < len(frag) && !p.ended; i++ {
+		c := frag[i]
+		if p.st == lsNum || p.st == esLo || p.st == esHi {
+			// The bulk of the line: run through the digits at once.
+			for c >= '0' && c <= '9' {
+				if p.n = p.n*10 + uint64(c-'0'); p.n > math.MaxUint32 {
+					p.pos = base + int64(i)
+					p.fail("number above 2³²-1", c)
+					return
+				}
+				if i++; i == len(frag) {
+					p.pos = base + int64(i)
+					return
+				}
+				c = frag[i]
+			}
+		}
+		p.pos = base + int64(i)
+		p.step(c)
+	}
+	if !p.ended {
+		p.pos = base + int64(len(frag))
+	}
+}
+
+// step advances the parser by one byte.
+func (p *uidList) step(c byte) {
+	eol := c == '\r' || c == '\n'
+	switch p.st {
+	case lsSep:
+		switch {
+		case c == ' ':
+		case c >= '0' && c <= '9':
+			p.n, p.st = uint64(c-'0'), lsNum
+		case eol:
+			p.ended = true
+		default:
+			// RFC 7162 §3.1.5: "(MODSEQ n)" may follow the numbers.
+			p.st, p.ended = lsStop, true
+		}
+	case lsNum:
+		switch {
+		case c == ' ':
+			p.ld.Add(uint32(p.n), uint32(p.n))
+			p.st = lsSep
+		case eol:
+			p.ld.Add(uint32(p.n), uint32(p.n))
+			p.ended = true
+		default:
+			p.fail("bad number", c)
+		}
+	case esItem:
+		switch {
+		case c == ' ':
+		case c == '(':
+			p.st, p.depth = esParen, 1
+		case eol:
+			p.ended = true
+		case imapwire.IsAtomChar(c):
+			p.st, p.nameLen = esName, 0
+			p.nameChar(c)
+		default:
+			p.fail("bad return item", c)
+		}
+	case esName:
+		switch {
+		case c == ' ':
+			switch name := p.name[:min(p.nameLen, maxItemName)]; {
+			case p.nameLen <= maxItemName && imapwire.EqualFold(name, "UID"):
+				p.st = esItem // the UID indicator has no value
+			case p.nameLen <= maxItemName && imapwire.EqualFold(name, "ALL"):
+				p.st = esSetStart
+			default:
+				p.st = esValue
+			}
+		case eol:
+			if p.nameLen > maxItemName || !imapwire.EqualFold(p.name[:p.nameLen], "UID") {
+				p.fail("return item without value", c)
+				return
+			}
+			p.ended = true
+		case imapwire.IsAtomChar(c):
+			p.nameChar(c)
+		default:
+			p.fail("bad return item", c)
+		}
+	case esValue:
+		switch {
+		case c == '(':
+			p.st, p.depth = esParen, 1
+		case c == '"':
+			p.st, p.ret, p.escaped = esQuoted, esItem, false
+		case imapwire.IsAtomChar(c):
+			p.st = esAtomValue
+		default:
+			p.fail("bad return value", c)
+		}
+	case esAtomValue:
+		switch {
+		case c == ' ':
+			p.st = esItem
+		case eol:
+			p.ended = true
+		case !imapwire.IsAtomChar(c):
+			p.fail("bad return value", c)
+		}
+	case esParen:
+		switch {
+		case c == '"':
+			p.st, p.ret, p.escaped = esQuoted, esParen, false
+		case c == '(':
+			p.depth++
+		case c == ')':
+			if p.depth--; p.depth == 0 {
+				p.st = esItem
+			}
+		case eol:
+			p.fail("unbalanced parenthesis", c)
+		}
+	case esQuoted:
+		switch {
+		case eol:
+			p.fail("unterminated string", c)
+		case p.escaped:
+			p.escaped = false
+		case c == '\\':
+			p.escaped = true
+		case c == '"':
+			p.st = p.ret
+		}
+	case esSetStart, esHiStart:
+		switch {
+		case c >= '0' && c <= '9':
+			p.n = uint64(c - '0')
+			if p.st == esSetStart {
+				p.st = esLo
+			} else {
+				p.st = esHi
+			}
+		case c == '*':
+			// The answer to ALL lists UIDs that exist: "*" has no place.
+			p.err = fmt.Errorf("%w at byte %d", sessionmap.ErrStar, p.pos)
+			p.ended = true
+		default:
+			p.fail("bad sequence set", c)
+		}
+	case esLo, esHi:
+		// RFC 4731 §3.1, §4: ALL's value is a sequence-set of the UIDs
+		// found, ranges separated by ","; an SP ends it and another
+		// return item may follow.
+		lo, hi := uint32(p.n), uint32(p.n)
+		if p.st == esHi {
+			lo = p.lo
+		}
+		switch {
+		case c == ':' && p.st == esLo:
+			p.lo, p.st = uint32(p.n), esHiStart
+		case c == ',':
+			p.ld.Add(lo, hi)
+			p.st = esSetStart
+		case c == ' ':
+			p.ld.Add(lo, hi)
+			p.st = esItem
+		case eol:
+			p.ld.Add(lo, hi)
+			p.ended = true
+		default:
+			p.fail("bad sequence set", c)
+		}
+	}
+}
+
+func (p *uidList) nameChar(c byte) {
+	if p.nameLen < maxItemName {
+		p.name[p.nameLen] = c
+	}
+	p.nameLen++
+}
+
+// close ends the line (if no line end was fed) and reports the first
+// syntax error. The caller then finishes the Loader, or drops it.
+func (p *uidList) close() error {
+	if !p.ended {
+		p.step('\n')
+	}
+	return p.err
+}
+
+// buildList recognises the answer to the map build's UID SEARCH in head,
+// the start of a response line parsed as r, under the same conditions as
+// onSelecting: a selection being made, the build in flight, and "* SEARCH"
+// without a number (RFC 9051 §7.3.4) or "* ESEARCH" correlated with the
+// build's tag (RFC 4731 §3.1: the TAG correlator names the command). It returns a parser feeding a new Loader
+// of the selection's map, or nil. Must hold rs.mu.
+func (ss *session) buildList(rs *relayState, r *imapwire.Response, head []byte) *uidList {
+	sel := rs.sel
+	if sel == nil || sel.state == selReady || sel.m == nil || r.Kind != imapwire.RespUntagged ||
+		rs.injected == "" || rs.tags[rs.injected].inject != injectBuild {
+		return nil
+	}
+	switch {
+	case imapwire.EqualFold(r.Name, "SEARCH") && !r.HasNum:
+		return newUIDList(sel.m.NewLoader(), false)
+	case imapwire.EqualFold(r.Name, "ESEARCH"):
+		// Only the correlator matters here: a tag holds no ")" (RFC 9051
+		// §9: tag chars are ASTRING-CHARs, which exclude atom-specials).
+		rest := imapwire.TrimEOL(head[r.After:])
+		if i := bytes.IndexByte(rest, ')'); i >= 0 {
+			rest = rest[:i+1]
+		}
+		if parseESearch(rest).tag == rs.injected {
+			return newUIDList(sel.m.NewLoader(), true)
+		}
+	}
+	return nil
+}
+
+// finishBuildList ends the build's UID list: the map is loaded, or on any
+// error (syntax, or Loader.Finish's) left as it was, new and empty, with a
+// warning, as a failed Load always left it; either way the selection has
+// had its list (the SELECT's held responses go out with the build's
+// tagged OK). Must hold rs.mu.
+func (ss *session) finishBuildList(sel *selection, p *uidList) {
+	err := p.close()
+	if err == nil {
+		err = p.ld.Finish()
+	}
+	if err != nil {
+		ss.log.Warn().Err(err).Msg("cannot load the UID list")
+	}
+	sel.loaded = true
+}
+
+// readUpLine reads the backend's next line for upstreamToClient. The
+// build's UID list, when too long for the read buffer, is diverted: parsed
+// as it arrives into the new map, without rs.mu held while reading, never
+// assembled nor forwarded, and the line after it is returned instead. A
+// line after a literal (midResponse) is never diverted.
+func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse bool) ([]byte, error) {
+	for {
+		var p *uidList
+		var sel *selection
+		divert := func(head []byte) func([]byte) {
+			r, ok := imapwire.ParseResponse(head)
+			if !ok {
+				return nil
+			}
+			rs.mu.Lock()
+			sel = rs.sel
+			p = ss.buildList(rs, &r, head)
+			rs.mu.Unlock()
+			if p == nil {
+				return nil
+			}
+			list := p       // p itself stays on the stack: most lines are not diverted
+			skip := r.After // the head starts with "* SEARCH " or "* ESEARCH "
+			return func(frag []byte) {
+				if skip > 0 {
+					k := min(skip, len(frag))
+					frag, skip = frag[k:], skip-k
+				}
+				list.feed(frag)
+			}
+		}
+		if midResponse {
+			divert = nil
+		}
+		line, diverted, err := ur.ReadLineDivert(divert)
+		if !diverted || err != nil {
+			return line, err
+		}
+		rs.mu.Lock()
+		if rs.sel == sel {
+			ss.finishBuildList(sel, p)
+		}
+		rs.mu.Unlock()
+		if ur.Buffered() == 0 {
+			// As for a dropped response: what was written must go out.
+			ss.cw.mu.Lock()
+			werr := ss.cw.write(nil, true)
+			ss.cw.mu.Unlock()
+			if werr != nil {
+				return nil, werr
+			}
+		}
+	}
+}
