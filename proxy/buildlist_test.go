@@ -207,7 +207,7 @@ func buildStream(ss *session, in []byte) (*selection, []byte, error) {
 	rs, sel := buildState()
 	ur := imapwire.NewReader(bytes.NewReader(in), upstreamMaxLine)
 	for {
-		line, err := ss.readUpLine(rs, ur, false)
+		line, _, err := ss.readUpLine(rs, ur, false)
 		if err != nil || sel.loaded {
 			return sel, line, err
 		}
@@ -386,7 +386,7 @@ func BenchmarkBuildListSocket(b *testing.B) {
 						_, _, err = ur.ReadLineDivert(func([]byte) func([]byte) { return func([]byte) {} })
 					case "stream":
 						rs, sel := buildState()
-						_, err = ss.readUpLine(rs, ur, false)
+						_, _, err = ss.readUpLine(rs, ur, false)
 						if sel.m.ClientCount() != 1_000_000 {
 							err = fmt.Errorf("%d messages", sel.m.ClientCount())
 						}

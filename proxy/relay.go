@@ -613,18 +613,39 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	dropping := false    // the response being read is not for the client
 	var out []byte
 	for {
-		line, err := ss.readUpLine(rs, ur, midResponse)
+		line, forwarded, err := ss.readUpLine(rs, ur, midResponse)
 		if err != nil {
 			rs.mu.Lock()
 			bye := rs.byeSeen
 			rs.mu.Unlock()
-			if !bye && !midResponse && !ss.closing.Load() {
+			if !bye && !midResponse && !forwarded && !ss.closing.Load() {
 				if errors.Is(err, imapwire.ErrLineTooLong) {
 					ss.log.Warn().Msg("backend line too long")
 				}
 				ss.bye("[UNAVAILABLE] Backend connection lost")
 			}
 			return err
+		}
+		if forwarded {
+			// A long line already went to the client as it arrived; line
+			// is its end, which may announce a literal.
+			lit, has := imapwire.TrailingLiteral(line)
+			ss.cw.mu.Lock()
+			var werr error
+			if has {
+				ur.Expect(lit.Size)
+				var n int64
+				n, werr = ss.cw.copyLiteral(ur)
+				ss.bytesOut.Add(n)
+			} else if ur.Buffered() == 0 {
+				werr = ss.cw.write(nil, true)
+			}
+			ss.cw.mu.Unlock()
+			if werr != nil {
+				return werr
+			}
+			midResponse, dropping = has, false
+			continue
 		}
 		literalOK := true
 		fwd := line

@@ -317,15 +317,22 @@ func (ss *session) finishBuildList(sel *selection, p *uidList) {
 	sel.loaded = true
 }
 
-// readUpLine reads the backend's next line for upstreamToClient. The
-// build's UID list, when too long for the read buffer, is diverted: parsed
-// as it arrives into the new map, without rs.mu held while reading, never
-// assembled nor forwarded, and the line after it is returned instead. A
-// line after a literal (midResponse) is never diverted.
-func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse bool) ([]byte, error) {
+// readUpLine reads the backend's next line for upstreamToClient. A line
+// too long for the read buffer is never assembled when it need not be:
+//   - the build's UID list is diverted, parsed as it arrives into the new
+//     map without rs.mu held while reading, and not forwarded; the line
+//     after it is returned instead;
+//   - a response that goes to the client unchanged (passesWhole: SEARCH,
+//     SORT or ESEARCH results that are UIDs already) is written to the
+//     client as it arrives; forwarded is then set and line holds only the
+//     line's last bytes, for the caller to see a literal announced there.
+//
+// A line after a literal (midResponse) is never diverted.
+func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse bool) (line []byte, forwarded bool, err error) {
 	for {
 		var p *uidList
 		var sel *selection
+		var fw lineForwarder
 		divert := func(head []byte) func([]byte) {
 			r, ok := imapwire.ParseResponse(head)
 			if !ok {
@@ -334,7 +341,13 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 			rs.mu.Lock()
 			sel = rs.sel
 			p = ss.buildList(rs, &r, head)
+			pass := p == nil && ss.passesWhole(rs, &r, head)
 			rs.mu.Unlock()
+			if pass {
+				fw.ss = ss
+				ss.cw.mu.Lock() // released once the line is read, below
+				return fw.write
+			}
 			if p == nil {
 				return nil
 			}
@@ -352,8 +365,11 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 			divert = nil
 		}
 		line, diverted, err := ur.ReadLineDivert(divert)
+		if fw.ss != nil {
+			return fw.finish(err)
+		}
 		if !diverted || err != nil {
-			return line, err
+			return line, false, err
 		}
 		rs.mu.Lock()
 		if rs.sel == sel {
@@ -366,8 +382,74 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 			werr := ss.cw.write(nil, true)
 			ss.cw.mu.Unlock()
 			if werr != nil {
-				return nil, werr
+				return nil, false, werr
 			}
 		}
 	}
+}
+
+// lineForwarder writes a long line to the client fragment by fragment,
+// holding ss.cw.mu from the first fragment to finish.
+type lineForwarder struct {
+	ss   *session
+	err  error
+	tail [32]byte // the line's last bytes: room for "~{n+}" CRLF, n ≤ 19 digits
+	n    int
+}
+
+func (f *lineForwarder) write(frag []byte) {
+	if f.err == nil {
+		f.err = f.ss.cw.write(frag, false)
+		f.ss.bytesOut.Add(int64(len(frag)))
+	}
+	if len(frag) >= len(f.tail) {
+		f.n = copy(f.tail[:], frag[len(frag)-len(f.tail):])
+		return
+	}
+	keep := min(f.n, len(f.tail)-len(frag))
+	copy(f.tail[:], f.tail[f.n-keep:f.n])
+	f.n = keep + copy(f.tail[keep:], frag)
+}
+
+// finish releases the client writer after the line: what arrived goes out
+// if the backend failed (a BYE cannot follow half a line).
+func (f *lineForwarder) finish(readErr error) ([]byte, bool, error) {
+	defer f.ss.cw.mu.Unlock()
+	if readErr != nil {
+		f.ss.cw.write(nil, true)
+		return nil, true, readErr
+	}
+	if f.err != nil {
+		return nil, true, f.err
+	}
+	return f.tail[:f.n], true, nil
+}
+
+// passesWhole reports whether the untagged response r, of which head is
+// the start, goes to the client exactly as it came, as onResponse would
+// decide it: SEARCH/SORT (RFC 9051 §7.3.4, RFC 5256 §4) when the command
+// they answer was not rewritten from numbers, ESEARCH (RFC 4731 §3.1)
+// whose correlated command was not; never while a selection is being
+// built or uidgate's own command is in flight (it consumes such
+// answers). Must hold rs.mu.
+func (ss *session) passesWhole(rs *relayState, r *imapwire.Response, head []byte) bool {
+	if r.Kind != imapwire.RespUntagged || r.HasNum || rs.injected != "" {
+		return false
+	}
+	sel := rs.sel
+	if sel != nil && sel.state != selReady {
+		return false
+	}
+	switch {
+	case imapwire.EqualFold(r.Name, "SEARCH") || imapwire.EqualFold(r.Name, "SORT"):
+		return sel == nil || len(rs.searchQ) == 0 || !rs.tags[rs.searchQ[0]].resultsAreUIDs
+	case imapwire.EqualFold(r.Name, "ESEARCH"):
+		rest := imapwire.TrimEOL(head[r.After:])
+		if i := bytes.IndexByte(rest, ')'); i >= 0 {
+			rest = rest[:i+1]
+		}
+		pc, ok := rs.tags[parseESearch(rest).tag]
+		return sel == nil || !ok || !pc.resultsAreUIDs
+	}
+	return false
 }
