@@ -692,7 +692,9 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			continue
 		}
 		ss.cw.mu.Lock()
-		werr := ss.cw.write(fwd, !has && ur.Buffered() == 0)
+		// After LOGOUT's OK nothing else is read: it goes out now, whatever
+		// the backend sent after it.
+		werr := ss.cw.write(fwd, !has && (ur.Buffered() == 0 || logoutDone))
 		ss.bytesOut.Add(int64(len(fwd)))
 		if has && werr == nil {
 			ur.Expect(lit.Size)

@@ -338,14 +338,11 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 			if !ok {
 				return nil
 			}
-			rs.mu.Lock()
-			sel = rs.sel
-			p = ss.buildList(rs, &r, head)
-			pass := p == nil && ss.passesWhole(rs, &r, head)
-			rs.mu.Unlock()
+			var pass bool
+			sel, p, pass = ss.divertKind(rs, &r, head)
 			if pass {
-				fw.ss = ss
 				ss.cw.mu.Lock() // released once the line is read, below
+				fw.ss = ss
 				return fw.write
 			}
 			if p == nil {
@@ -364,18 +361,14 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 		if midResponse {
 			divert = nil
 		}
-		line, diverted, err := ur.ReadLineDivert(divert)
+		line, diverted, err := ss.readDiverted(ur, divert, &fw)
 		if fw.ss != nil {
 			return fw.finish(err)
 		}
 		if !diverted || err != nil {
 			return line, false, err
 		}
-		rs.mu.Lock()
-		if rs.sel == sel {
-			ss.finishBuildList(sel, p)
-		}
-		rs.mu.Unlock()
+		ss.endBuildList(rs, sel, p)
 		if ur.Buffered() == 0 {
 			// As for a dropped response: what was written must go out.
 			ss.cw.mu.Lock()
@@ -385,6 +378,41 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 				return nil, false, werr
 			}
 		}
+	}
+}
+
+// divertKind decides, under rs.mu, what becomes of a long line whose
+// head is parsed as r: the build's UID list (p), passed whole to the
+// client (pass), or neither.
+func (ss *session) divertKind(rs *relayState, r *imapwire.Response, head []byte) (sel *selection, p *uidList, pass bool) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	p = ss.buildList(rs, r, head)
+	return rs.sel, p, p == nil && ss.passesWhole(rs, r, head)
+}
+
+// readDiverted is ur.ReadLineDivert that gives back the client writer if
+// a forwarded line panics half way (fw.finish is not reached then): a
+// recovered session must still be able to end.
+func (ss *session) readDiverted(ur *imapwire.Reader, divert func([]byte) func([]byte), fw *lineForwarder) (line []byte, diverted bool, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			if fw.ss != nil {
+				ss.cw.mu.Unlock()
+			}
+			panic(p)
+		}
+	}()
+	return ur.ReadLineDivert(divert)
+}
+
+// endBuildList finishes the build's list under rs.mu, if the selection
+// it was for is still the one.
+func (ss *session) endBuildList(rs *relayState, sel *selection, p *uidList) {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.sel == sel {
+		ss.finishBuildList(sel, p)
 	}
 }
 
