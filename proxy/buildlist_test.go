@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,7 +59,7 @@ type buildSession struct {
 	t      *testing.T
 	c, b   net.Conn
 	cr, br *bufio.Reader
-	logs   *bytes.Buffer
+	logs   *logBuffer
 }
 
 func (s *buildSession) send(c net.Conn, text string) {
@@ -77,11 +78,30 @@ func (s *buildSession) expect(r *bufio.Reader, c net.Conn, want string) {
 	}
 }
 
+// logBuffer is a session's log, written by its goroutines and read by
+// the test while they run.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
 func startBuildSession(t *testing.T, caps string) *buildSession {
 	sb := newScriptedBackend(t)
 	backend := &upstream.Backend{Name: "scripted", Address: sb.ln.Addr().String(), TLS: upstream.TLSNone}
-	logs := &bytes.Buffer{}
-	log := zerolog.New(zerolog.SyncWriter(logs)).Level(zerolog.DebugLevel)
+	logs := &logBuffer{}
+	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	srv := &Server{Route: func(string) (*upstream.Backend, bool) { return backend, true }, Logger: &log}
 	cc, sc := tcpPair(t)
 	done := make(chan struct{})
