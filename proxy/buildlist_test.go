@@ -97,9 +97,12 @@ func (l *logBuffer) String() string {
 	return l.buf.String()
 }
 
-func startBuildSession(t *testing.T, caps string) *buildSession {
+func startBuildSession(t *testing.T, caps string, opts ...func(*upstream.Backend)) *buildSession {
 	sb := newScriptedBackend(t)
 	backend := &upstream.Backend{Name: "scripted", Address: sb.ln.Addr().String(), TLS: upstream.TLSNone}
+	for _, o := range opts {
+		o(backend)
+	}
 	logs := &logBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	srv := &Server{Route: func(string) (*upstream.Backend, bool) { return backend, true }, Logger: &log}

@@ -680,7 +680,9 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			}
 			return ss.finishSelect(rs, sel, out), false
 		case injectResync:
-			sel.dirty = false
+			// Clean, unless the list could not be read (endResyncList):
+			// then the next command resyncs again.
+			sel.dirty, sel.listBad = sel.listBad, false
 		}
 		if b := ss.announce(rs, sel, out, nil); b != nil {
 			return b, false

@@ -104,6 +104,7 @@ type selection struct {
 	legacy   bool
 	state    selState
 	dirty    bool // legacy: resync by UID before the next command
+	listBad  bool // the resync's UID list was unreadable: stay dirty
 	loaded   bool // the build's UID list arrived
 	held     [][]byte
 	heldOK   []byte

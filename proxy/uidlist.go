@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/emersion/go-imap/v2"
+
 	"uidgate/proxy/imapwire"
 	"uidgate/sessionmap"
 )
@@ -45,12 +47,18 @@ const (
 // "UID" and "ALL" from the rest.
 const maxItemName = 8
 
-// uidList parses the UID list of the build's search answer, from just
+// rangeSink takes the UID ranges of a list as they are parsed: a
+// sessionmap.Loader (the build) or a uidRanges (a resync).
+type rangeSink interface{ Add(lo, hi uint32) }
+
+// uidList parses the UID list of an injected search's answer, from just
 // after the response name (imapwire.Response.After) to the line end, and
-// adds each UID range to ld. The first syntax error stops it; close
+// adds each UID range to sink. The first syntax error stops it; close
 // reports it.
 type uidList struct {
-	ld      *sessionmap.Loader
+	sink    rangeSink
+	ld      *sessionmap.Loader // the build's: finished by finishBuildList
+	ranges  *uidRanges         // a resync's: diffed by endResyncList
 	st      uidListState
 	ret     uidListState // the state a quoted string returns to
 	n       uint64       // the number being read
@@ -67,11 +75,44 @@ type uidList struct {
 // newUIDList returns a parser of "* ESEARCH" data (esearch) or "* SEARCH"
 // data feeding ld.
 func newUIDList(ld *sessionmap.Loader, esearch bool) *uidList {
-	p := &uidList{ld: ld, st: lsSep}
+	p := newUIDListTo(ld, esearch)
+	p.ld = ld
+	return p
+}
+
+// newResyncList returns a parser collecting the list as merged ranges.
+func newResyncList(esearch bool) *uidList {
+	r := &uidRanges{}
+	p := newUIDListTo(r, esearch)
+	p.ranges = r
+	return p
+}
+
+func newUIDListTo(sink rangeSink, esearch bool) *uidList {
+	p := &uidList{sink: sink, st: lsSep}
 	if esearch {
 		p.st = esItem
 	}
 	return p
+}
+
+// uidRanges collects UID ranges, merging each with the previous one when
+// they touch: a legacy backend's "* SEARCH 1 2 3 ..." of a dense mailbox
+// becomes a single range, not a list of every UID.
+type uidRanges struct{ set imap.UIDSet }
+
+func (u *uidRanges) Add(lo, hi uint32) {
+	if lo > hi {
+		lo, hi = hi, lo
+	}
+	if n := len(u.set); n > 0 {
+		last := &u.set[n-1]
+		if uint32(last.Start) <= lo && uint64(lo) <= uint64(last.Stop)+1 {
+			last.Stop = imap.UID(max(uint32(last.Stop), hi))
+			return
+		}
+	}
+	u.set = append(u.set, imap.UIDRange{Start: imap.UID(lo), Stop: imap.UID(hi)})
 }
 
 func (p *uidList) fail(what string, c byte) {
@@ -127,10 +168,10 @@ func (p *uidList) step(c byte) {
 	case lsNum:
 		switch {
 		case c == ' ':
-			p.ld.Add(uint32(p.n), uint32(p.n))
+			p.sink.Add(uint32(p.n), uint32(p.n))
 			p.st = lsSep
 		case eol:
-			p.ld.Add(uint32(p.n), uint32(p.n))
+			p.sink.Add(uint32(p.n), uint32(p.n))
 			p.ended = true
 		default:
 			p.fail("bad number", c)
@@ -242,13 +283,13 @@ func (p *uidList) step(c byte) {
 		case c == ':' && p.st == esLo:
 			p.lo, p.st = uint32(p.n), esHiStart
 		case c == ',':
-			p.ld.Add(lo, hi)
+			p.sink.Add(lo, hi)
 			p.st = esSetStart
 		case c == ' ':
-			p.ld.Add(lo, hi)
+			p.sink.Add(lo, hi)
 			p.st = esItem
 		case eol:
-			p.ld.Add(lo, hi)
+			p.sink.Add(lo, hi)
 			p.ended = true
 		default:
 			p.fail("bad sequence set", c)
@@ -321,7 +362,9 @@ func (ss *session) finishBuildList(sel *selection, p *uidList) {
 // too long for the read buffer is never assembled when it need not be:
 //   - the build's UID list is diverted, parsed as it arrives into the new
 //     map without rs.mu held while reading, and not forwarded; the line
-//     after it is returned instead;
+//     after it is returned instead; a legacy resync's list likewise, into
+//     merged ranges diffed against the map at its end (what the client
+//     must hear of it, EXISTS, is written then);
 //   - a response that goes to the client unchanged (passesWhole: SEARCH,
 //     SORT or ESEARCH results that are UIDs already) is written to the
 //     client as it arrives; forwarded is then set and line holds only the
@@ -368,11 +411,12 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 		if !diverted || err != nil {
 			return line, false, err
 		}
-		ss.endBuildList(rs, sel, p)
-		if ur.Buffered() == 0 {
+		tell := ss.endList(rs, sel, p)
+		if len(tell) > 0 || ur.Buffered() == 0 {
 			// As for a dropped response: what was written must go out.
 			ss.cw.mu.Lock()
-			werr := ss.cw.write(nil, true)
+			werr := ss.cw.write(tell, ur.Buffered() == 0)
+			ss.bytesOut.Add(int64(len(tell)))
 			ss.cw.mu.Unlock()
 			if werr != nil {
 				return nil, false, werr
@@ -387,8 +431,60 @@ func (ss *session) readUpLine(rs *relayState, ur *imapwire.Reader, midResponse b
 func (ss *session) divertKind(rs *relayState, r *imapwire.Response, head []byte) (sel *selection, p *uidList, pass bool) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	p = ss.buildList(rs, r, head)
+	if p = ss.buildList(rs, r, head); p == nil {
+		p = ss.resyncList(rs, r, head)
+	}
 	return rs.sel, p, p == nil && ss.passesWhole(rs, r, head)
+}
+
+// resyncList recognises the answer to a legacy backend's resync (the
+// injected UID SEARCH ALL that runs before a command once the map is
+// dirty), under the conditions of onSelected: "* SEARCH" without a number,
+// or "* ESEARCH" correlated with the resync's tag. Cyrus 2.3 has no
+// ESEARCH, so for 1,000,000 messages this is a 7 MB "* SEARCH" line before
+// every command that follows an EXISTS or EXPUNGE. Must hold rs.mu.
+func (ss *session) resyncList(rs *relayState, r *imapwire.Response, head []byte) *uidList {
+	sel := rs.sel
+	if sel == nil || sel.state != selReady || r.Kind != imapwire.RespUntagged ||
+		rs.injected == "" || rs.tags[rs.injected].inject != injectResync {
+		return nil
+	}
+	switch {
+	case imapwire.EqualFold(r.Name, "SEARCH") && !r.HasNum:
+		return newResyncList(false)
+	case imapwire.EqualFold(r.Name, "ESEARCH"):
+		rest := imapwire.TrimEOL(head[r.After:])
+		if i := bytes.IndexByte(rest, ')'); i >= 0 {
+			rest = rest[:i+1]
+		}
+		if parseESearch(rest).tag == rs.injected {
+			return newResyncList(true)
+		}
+	}
+	return nil
+}
+
+// endResyncList diffs a resync's list against the map, as onSelected does
+// with a short one, and returns what the client must hear of it (EXISTS
+// for arrivals). A list that could not be parsed is not applied: the map
+// stays as it was and dirty, so the next command resyncs again, rather
+// than take a truncated list as expunges. Must hold rs.mu.
+func (ss *session) endResyncList(rs *relayState, sel *selection, p *uidList) []byte {
+	if err := p.close(); err != nil {
+		ss.log.Warn().Err(err).Msg("resync list unreadable; not applied")
+		sel.listBad = true
+		return nil
+	}
+	ss.srv.Metrics.resync()
+	st, err := sel.m.ResyncSet(p.ranges.set)
+	p.ranges.set = nil
+	ss.log.Debug().Uint32("expunged", st.Expunged).Uint32("added", st.Added).Uint32("resolved", st.Resolved).Msg("resync")
+	if err != nil {
+		ss.log.Warn().Err(err).Msg("resync conflict")
+	}
+	sel.dirty = false
+	var out []byte
+	return ss.announce(rs, sel, &out, nil)
 }
 
 // readDiverted is ur.ReadLineDivert that gives back the client writer if
@@ -406,14 +502,20 @@ func (ss *session) readDiverted(ur *imapwire.Reader, divert func([]byte) func([]
 	return ur.ReadLineDivert(divert)
 }
 
-// endBuildList finishes the build's list under rs.mu, if the selection
-// it was for is still the one.
-func (ss *session) endBuildList(rs *relayState, sel *selection, p *uidList) {
+// endList finishes a diverted list under rs.mu, if the selection it was
+// for is still the one: the build's loads the map; a resync's is diffed
+// and returns what the client must hear.
+func (ss *session) endList(rs *relayState, sel *selection, p *uidList) []byte {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	if rs.sel == sel {
-		ss.finishBuildList(sel, p)
+	if rs.sel != sel {
+		return nil
 	}
+	if p.ld != nil {
+		ss.finishBuildList(sel, p)
+		return nil
+	}
+	return ss.endResyncList(rs, sel, p)
 }
 
 // lineForwarder writes a long line to the client fragment by fragment,
