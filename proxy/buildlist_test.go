@@ -136,6 +136,15 @@ func startBuildSession(t *testing.T, caps string, opts ...func(*upstream.Backend
 	return s
 }
 
+// selected is selectWith followed by what the client hears of it.
+func (s *buildSession) selected(esearch bool, count int, answer []byte) {
+	s.t.Helper()
+	s.selectWith(esearch, count, answer)
+	s.expect(s.cr, s.c, fmt.Sprintf("* %d EXISTS", count))
+	s.expect(s.cr, s.c, "* OK [UIDVALIDITY 7] UIDs valid")
+	s.expect(s.cr, s.c, "s OK [READ-WRITE] done")
+}
+
 // selectWith selects INBOX of count messages; the backend answers the
 // map build with answer.
 func (s *buildSession) selectWith(esearch bool, count int, answer []byte) {
