@@ -631,19 +631,8 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			// A long line already went to the client as it arrived; line
 			// is its end, which may announce a literal.
 			lit, has := imapwire.TrailingLiteral(line)
-			ss.cw.mu.Lock()
-			var werr error
-			if has {
-				ur.Expect(lit.Size)
-				var n int64
-				n, werr = ss.cw.copyLiteral(ur)
-				ss.bytesOut.Add(n)
-			} else if ur.Buffered() == 0 {
-				werr = ss.cw.write(nil, true)
-			}
-			ss.cw.mu.Unlock()
-			if werr != nil {
-				return werr
+			if err := ss.toClient(ur, nil, lit, has, !has && ur.Buffered() == 0); err != nil {
+				return err
 			}
 			midResponse, dropping = has, false
 			continue
@@ -683,29 +672,16 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			midResponse = has
 			if ur.Buffered() == 0 {
 				// Nothing more is waiting: what was written must go out.
-				ss.cw.mu.Lock()
-				werr := ss.cw.write(nil, true)
-				ss.cw.mu.Unlock()
-				if werr != nil {
-					return werr
+				if err := ss.toClient(ur, nil, lit, false, true); err != nil {
+					return err
 				}
 			}
 			continue
 		}
-		ss.cw.mu.Lock()
 		// After LOGOUT's OK nothing else is read: it goes out now, whatever
 		// the backend sent after it.
-		werr := ss.cw.write(fwd, !has && (ur.Buffered() == 0 || logoutDone))
-		ss.bytesOut.Add(int64(len(fwd)))
-		if has && werr == nil {
-			ur.Expect(lit.Size)
-			var n int64
-			n, werr = ss.cw.copyLiteral(ur)
-			ss.bytesOut.Add(n)
-		}
-		ss.cw.mu.Unlock()
-		if werr != nil {
-			return werr
+		if err := ss.toClient(ur, fwd, lit, has, !has && (ur.Buffered() == 0 || logoutDone)); err != nil {
+			return err
 		}
 		midResponse = has
 		if logoutDone {
@@ -713,6 +689,28 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			return nil
 		}
 	}
+}
+
+// toClient writes fwd (flushing if flush) and then, if has, the literal
+// lit that fwd announced, streamed from ur. The client writer's mutex is
+// given back on any exit: a recovered panic must leave the session able
+// to end.
+func (ss *session) toClient(ur *imapwire.Reader, fwd []byte, lit imapwire.Literal, has, flush bool) error {
+	ss.cw.mu.Lock()
+	defer ss.cw.mu.Unlock()
+	if len(fwd) > 0 || flush {
+		if err := ss.cw.write(fwd, flush); err != nil {
+			return err
+		}
+		ss.bytesOut.Add(int64(len(fwd)))
+	}
+	if !has {
+		return nil
+	}
+	ur.Expect(lit.Size)
+	n, err := ss.cw.copyLiteral(ur)
+	ss.bytesOut.Add(n)
+	return err
 }
 
 // sendQueued writes a command uidgate decided to send while handling a
