@@ -282,8 +282,6 @@ func (ss *session) injectTagLocked(rs *relayState, kind injectKind) string {
 	tag := injectTagPrefix + itoa(rs.injectN)
 	rs.tags[tag] = pendingCmd{inject: kind}
 	rs.injected = tag
-	rs.injectList, rs.injectSet = nil, nil
-	rs.injectES = false
 	return tag
 }
 
@@ -442,67 +440,13 @@ func (ss *session) onSelecting(rs *relayState, sel *selection, r *imapwire.Respo
 	return nil, true
 }
 
-// takeSearchResult collects the UIDs of an injected resync's UID SEARCH
-// ALL from "* SEARCH" (RFC 9051 §7.3.4) or "* ESEARCH ... ALL" (RFC 4731).
-// The map build parses its list as it arrives instead (see buildList).
-func (ss *session) takeSearchResult(rs *relayState, r *imapwire.Response, line []byte) bool {
-	rest := imapwire.TrimEOL(line[r.After:])
-	switch {
-	case imapwire.EqualFold(r.Name, "SEARCH") && !r.HasNum:
-		d := imapwire.NewDecoder(rest)
-		for !d.EOL() {
-			if d.SP() {
-				continue
-			}
-			n, ok := d.Number()
-			if !ok {
-				d.SkipValue() // e.g. (MODSEQ n)
-				continue
-			}
-			rs.injectList = append(rs.injectList, n)
-		}
-		return true
-	case imapwire.EqualFold(r.Name, "ESEARCH"):
-		es := parseESearch(rest)
-		if es.tag != rs.injected {
-			return false
-		}
-		rs.injectES = true
-		if es.all != nil {
-			if set, err := parseUIDSet(es.all); err == nil {
-				rs.injectSet = set
-			}
-		}
-		return true
-	}
-	return false
-}
-
-// loadInjected diffs the UID list collected for a resync against the map,
-// then drops the list: a large one must not stay for the session's life.
-func (ss *session) loadInjected(rs *relayState, sel *selection) error {
-	var st sessionmap.ResyncStats
-	var err error
-	ss.srv.Metrics.resync()
-	if rs.injectES {
-		st, err = sel.m.ResyncSet(rs.injectSet)
-	} else {
-		st, err = sel.m.Resync(rs.injectList)
-	}
-	rs.injectList, rs.injectSet = nil, nil
-	ss.log.Debug().Uint32("expunged", st.Expunged).Uint32("added", st.Added).Uint32("resolved", st.Resolved).Msg("resync")
-	return err
-}
-
 // onSelected translates an untagged response while a map is in use.
 func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Response, line []byte, out *[]byte) ([]byte, bool) {
 	injected := rs.tags[rs.injected].inject
-	if (injected == injectResync) && ss.takeSearchResult(rs, r, line) {
-		if err := ss.loadInjected(rs, sel); err != nil {
-			ss.log.Warn().Err(err).Msg("resync conflict")
-		}
-		sel.dirty = false
-		if b := ss.announce(rs, sel, out, nil); b != nil {
+	if p := ss.resyncList(rs, r, line); p != nil {
+		// A short resync list; a long one never gets here (readUpLine).
+		p.feed(line[r.After:])
+		if b := ss.endResyncList(rs, sel, p); b != nil {
 			return b, false
 		}
 		return nil, true

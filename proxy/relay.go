@@ -139,12 +139,6 @@ type relayState struct {
 	searchQ    []string // tags whose untagged SEARCH/SORT/THREAD need mapping, in order
 	injectN    int
 	injected   string // tag of the injected command in flight
-	// injectList or injectSet (injectES: from ESEARCH) collect the UID
-	// list of an injected resync, and are dropped once diffed. The map
-	// build parses its list as it arrives instead (buildList).
-	injectList []uint32
-	injectSet  imap.UIDSet
-	injectES   bool
 	byeSeen    bool
 	logoutTag  string // LOGOUT answered: the session ends
 	ended      bool

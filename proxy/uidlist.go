@@ -161,9 +161,13 @@ func (p *uidList) step(c byte) {
 			p.n, p.st = uint64(c-'0'), lsNum
 		case eol:
 			p.ended = true
-		default:
+		case c == '(':
 			// RFC 7162 §3.1.5: "(MODSEQ n)" may follow the numbers.
 			p.st, p.ended = lsStop, true
+		default:
+			// Anything else is not a UID list: reading on would take a
+			// truncated list for the mailbox's (its tail as expunged).
+			p.fail("not a UID", c)
 		}
 	case lsNum:
 		switch {
