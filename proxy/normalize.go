@@ -147,7 +147,10 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 		// Registered before any wait for locks: from now on the command is
 		// in progress, and EXPUNGEs that it forbids are held.
 		rs.tags[up] = res.pc
-		if res.pc.resultsAreUIDs && !res.pc.esearch {
+		if k := res.pc.kind; (k == cmdSearch || k == cmdSort || k == cmdThread) && !res.pc.esearch {
+			// RFC 9051 §7.3.4: "* SEARCH" carries no tag; answers are matched
+			// to search commands in the order sent, UID forms included, so
+			// that a UID SEARCH's UIDs are never read as another's numbers.
 			rs.searchQ = append(rs.searchQ, up)
 		}
 		req := rules.LockRequest{

@@ -136,7 +136,7 @@ type relayState struct {
 	litPass    bool
 	litCh      chan litDecision
 	midCommand bool     // the client goroutine is sending a command's parts
-	searchQ    []string // tags whose untagged SEARCH/SORT/THREAD need mapping, in order
+	searchQ    []string // SEARCH/SORT/THREAD in flight with untagged answers, in order sent
 	injectN    int
 	injected   string // tag of the injected command in flight
 	byeSeen    bool
