@@ -144,6 +144,9 @@ func (d deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
 	src, limit := r, int64(-1)
 	lr, limited := r.(*io.LimitedReader)
 	if limited {
+		if lr.N <= 0 {
+			return 0, nil // as io.LimitedReader: nothing left to read
+		}
 		src, limit = lr.R, lr.N
 	}
 	var total int64
