@@ -333,13 +333,7 @@ func (ss *session) buildList(rs *relayState, r *imapwire.Response, head []byte) 
 	case imapwire.EqualFold(r.Name, "SEARCH") && !r.HasNum:
 		return newUIDList(sel.m.NewLoader(), false)
 	case imapwire.EqualFold(r.Name, "ESEARCH"):
-		// Only the correlator matters here: a tag holds no ")" (RFC 9051
-		// §9: tag chars are ASTRING-CHARs, which exclude atom-specials).
-		rest := imapwire.TrimEOL(head[r.After:])
-		if i := bytes.IndexByte(rest, ')'); i >= 0 {
-			rest = rest[:i+1]
-		}
-		if parseESearch(rest).tag == rs.injected {
+		if esearchTag(r, head) == rs.injected {
 			return newUIDList(sel.m.NewLoader(), true)
 		}
 	}
@@ -441,6 +435,18 @@ func (ss *session) divertKind(rs *relayState, r *imapwire.Response, head []byte)
 	return rs.sel, p, p == nil && ss.passesWhole(rs, r, head)
 }
 
+// esearchTag is the correlator of an ESEARCH response (RFC 4731 §3.1)
+// whose line starts with head: only "(TAG ...)" is parsed, never the
+// rest of a line that may be megabytes long. A tag holds no ")" (RFC 9051
+// §9: tag chars are ASTRING-CHARs, which exclude atom-specials).
+func esearchTag(r *imapwire.Response, head []byte) string {
+	rest := imapwire.TrimEOL(head[r.After:])
+	if i := bytes.IndexByte(rest, ')'); i >= 0 {
+		rest = rest[:i+1]
+	}
+	return parseESearch(rest).tag
+}
+
 // resyncList recognises the answer to a legacy backend's resync (the
 // injected UID SEARCH ALL that runs before a command once the map is
 // dirty), under the conditions of onSelected: "* SEARCH" without a number,
@@ -457,11 +463,7 @@ func (ss *session) resyncList(rs *relayState, r *imapwire.Response, head []byte)
 	case imapwire.EqualFold(r.Name, "SEARCH") && !r.HasNum:
 		return newResyncList(false)
 	case imapwire.EqualFold(r.Name, "ESEARCH"):
-		rest := imapwire.TrimEOL(head[r.After:])
-		if i := bytes.IndexByte(rest, ')'); i >= 0 {
-			rest = rest[:i+1]
-		}
-		if parseESearch(rest).tag == rs.injected {
+		if esearchTag(r, head) == rs.injected {
 			return newResyncList(true)
 		}
 	}
@@ -578,11 +580,7 @@ func (ss *session) passesWhole(rs *relayState, r *imapwire.Response, head []byte
 	case imapwire.EqualFold(r.Name, "SEARCH") || imapwire.EqualFold(r.Name, "SORT"):
 		return sel == nil || len(rs.searchQ) == 0 || !rs.tags[rs.searchQ[0]].resultsAreUIDs
 	case imapwire.EqualFold(r.Name, "ESEARCH"):
-		rest := imapwire.TrimEOL(head[r.After:])
-		if i := bytes.IndexByte(rest, ')'); i >= 0 {
-			rest = rest[:i+1]
-		}
-		pc, ok := rs.tags[parseESearch(rest).tag]
+		pc, ok := rs.tags[esearchTag(r, head)]
 		return sel == nil || !ok || !pc.resultsAreUIDs
 	}
 	return false
