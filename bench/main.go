@@ -159,6 +159,7 @@ func run(args []string) int {
 		}
 		return 0
 	}
+	defer b.ps.stopAll() // also on a panic: the servers must not outlive the bench
 	err := b.main(ctx)
 	b.ps.stopAll()
 	if b.auth != nil {

@@ -94,6 +94,14 @@ func ensureNginx(logf func(string, ...any)) error {
 		}
 	}
 	logf("installing nginx and libnginx-mod-mail (apt-get)")
+	// policy-rc.d 101 keeps Debian's postinst from starting a system nginx
+	// on 0.0.0.0:80: only our own loopback instances may run.
+	const policy = "/usr/sbin/policy-rc.d"
+	if _, err := os.Stat(policy); os.IsNotExist(err) {
+		if err := os.WriteFile(policy, []byte("#!/bin/sh\nexit 101\n"), 0o755); err == nil {
+			defer os.Remove(policy)
+		}
+	}
 	install := func() error {
 		cmd := exec.Command("apt-get", "install", "-y", "-qq", "nginx", "libnginx-mod-mail")
 		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
@@ -112,8 +120,6 @@ func ensureNginx(logf func(string, ...any)) error {
 			return err
 		}
 	}
-	// Debian's postinst may start a system nginx on port 80; it does not
-	// get in the way (ours listen on their own ports), so it is left alone.
 	return nil
 }
 

@@ -137,7 +137,7 @@ func (b *bench) measure(ctx context.Context, t *target, args []string, probe *ho
 		out.cpu = out.cpuDone - out.cpuReady
 	}
 	if final == nil {
-		return out, fmt.Errorf("imapload %s: no result (%v)\n%s", strings.Join(full, " "), werr, stderr.String())
+		return out, fmt.Errorf("imapload against %s: no result (%v)\n%s", t.name, werr, stderr.String()) // argv holds -pass: not printed
 	}
 	out.res = *final
 	if final.Errors > 0 || werr != nil {

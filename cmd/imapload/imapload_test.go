@@ -101,3 +101,15 @@ func TestReadLineLong(t *testing.T) {
 		t.Errorf("bytesIn = %d, want %d", c.bytesIn, len(long))
 	}
 }
+
+func TestLoopbackOnly(t *testing.T) {
+	var out, errb strings.Builder
+	if code := run([]string{"-addr", "192.0.2.1:143"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "only loopback") {
+		t.Fatalf("non-loopback -addr: exit %d, %q", code, errb.String())
+	}
+	for _, h := range []string{"127.0.0.1", "::1", "localhost"} {
+		if !isLoopback(h) {
+			t.Errorf("%s not taken for loopback", h)
+		}
+	}
+}

@@ -33,6 +33,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -71,6 +72,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	// A load generator aims at loopback only: it is not to be pointed at
+	// somebody's server by mistake.
+	if host, _, err := net.SplitHostPort(cfg.addr); err != nil || !isLoopback(host) {
+		fmt.Fprintf(stderr, "imapload: -addr %q: only loopback addresses (127.0.0.0/8, ::1, localhost)\n", cfg.addr)
 		return 2
 	}
 	switch cfg.search {
@@ -125,4 +132,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
