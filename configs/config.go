@@ -186,6 +186,11 @@ type Limits struct {
 	// MaxBadCommands is how many BAD answers in a row end a session with
 	// BYE; default 3.
 	MaxBadCommands int `toml:"max_bad_commands"`
+	// MaxCommandsInFlight bounds the commands of one session sent and not
+	// yet answered; past it uidgate stops reading the client until one is
+	// answered, so a client that pipelines without reading costs bounded
+	// memory; default 64.
+	MaxCommandsInFlight int `toml:"max_commands_in_flight"`
 }
 
 // Serialization is the cross-session ordering policy (rules.Serialization).
@@ -248,6 +253,7 @@ const (
 	DefaultIdleTimeout    = 31 * time.Minute // RFC 9051 §5.4: at least 30 minutes
 	DefaultLockTimeout    = 30 * time.Second
 	DefaultMaxBadCommands = 3
+	DefaultMaxInFlight    = 64
 	DefaultLogLevel       = "info"
 	DefaultLogFormat      = "json"
 
@@ -313,6 +319,11 @@ func (l Limits) IdleTimeoutOrDefault() time.Duration {
 // LockTimeoutOrDefault returns l.LockTimeout, or 30s if unset.
 func (l Limits) LockTimeoutOrDefault() time.Duration {
 	return orDefault(l.LockTimeout.Duration, DefaultLockTimeout)
+}
+
+// MaxCommandsInFlightOrDefault returns l.MaxCommandsInFlight, or 64 if unset.
+func (l Limits) MaxCommandsInFlightOrDefault() int {
+	return orDefault(l.MaxCommandsInFlight, DefaultMaxInFlight)
 }
 
 // MaxBadCommandsOrDefault returns l.MaxBadCommands, or 3 if unset.
@@ -454,6 +465,7 @@ func (c *Config) Effective() *Config {
 	l.IdleTimeout.Duration = l.IdleTimeoutOrDefault()
 	l.LockTimeout.Duration = l.LockTimeoutOrDefault()
 	l.MaxBadCommands = l.MaxBadCommandsOrDefault()
+	l.MaxCommandsInFlight = l.MaxCommandsInFlightOrDefault()
 	l.MaxConnections = l.MaxConnectionsOrDefault()
 	l.DrainTimeout.Duration = l.DrainTimeoutOrDefault()
 	l.MaxConnectionsPerIP = l.MaxConnectionsPerIPOrDefault()

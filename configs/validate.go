@@ -330,6 +330,9 @@ func (v *validator) limits() {
 	if set("max_bad_commands", l.MaxBadCommands == 0) && l.MaxBadCommands < 1 {
 		v.add("limits.max_bad_commands", "%d: must be at least 1", l.MaxBadCommands)
 	}
+	if set("max_commands_in_flight", l.MaxCommandsInFlight == 0) && l.MaxCommandsInFlight < 1 {
+		v.add("limits.max_commands_in_flight", "%d: must be at least 1", l.MaxCommandsInFlight)
+	}
 }
 
 func (v *validator) log() {

@@ -24,6 +24,8 @@ func startBackend(t *testing.T, kind string) *backends.Server {
 		return backends.StartDovecot(t, testUsers)
 	case "cyrus":
 		return backends.StartCyrus(t, testUsers)
+	case "cyrus23":
+		return backends.StartCyrus23(t, testUsers)
 	}
 	t.Fatalf("unknown backend %q", kind)
 	return nil
@@ -32,7 +34,7 @@ func startBackend(t *testing.T, kind string) *backends.Server {
 // mailboxName gives a top-level mailbox name valid on the backend: Cyrus
 // classic namespace puts a user's folders under INBOX.
 func mailboxName(kind, name string) string {
-	if kind == "cyrus" {
+	if kind == "cyrus" || kind == "cyrus23" {
 		return "INBOX." + name
 	}
 	return name

@@ -134,24 +134,31 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 			ss.sendf("%s %s", tag, res.answer)
 			return nil
 		}
-		up := upTag(tag)
+		// Registered before any wait for locks: from now on the command is
+		// in progress, and EXPUNGEs that it forbids are held.
+		up := rs.registerLocked(tag, res.pc)
 		if up != tag {
-			res.pc.clientTag = tag
-			b.out = append([]byte(up), b.out[len(tag):]...)
+			b.out = retag(b.out, tag, up)
 			for i := range b.lits {
 				b.lits[i].hdr += len(up) - len(tag)
 				b.lits[i].data += len(up) - len(tag)
 				b.lits[i].end += len(up) - len(tag)
 			}
 		}
-		// Registered before any wait for locks: from now on the command is
-		// in progress, and EXPUNGEs that it forbids are held.
-		rs.tags[up] = res.pc
 		if k := res.pc.kind; (k == cmdSearch || k == cmdSort || k == cmdThread) && !res.pc.esearch {
 			// RFC 9051 §7.3.4: "* SEARCH" carries no tag; answers are matched
 			// to search commands in the order sent, UID forms included, so
 			// that a UID SEARCH's UIDs are never read as another's numbers.
 			rs.searchQ = append(rs.searchQ, up)
+		}
+		if k := res.pc.kind; k == cmdFetch || k == cmdStore {
+			rs.fetchQ = append(rs.fetchQ, up)
+			pc := rs.tags[up]
+			var err error
+			if pc.answers, err = parseUIDSet([]byte(res.uidSet)); err != nil {
+				pc.answersAll = true // "$"
+			}
+			rs.tags[up] = pc
 		}
 		req := rules.LockRequest{
 			Command:     strings.ToUpper(string(cmd.Name)),
@@ -167,18 +174,14 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 		rs.mu.Unlock()
 		release, err := ss.lock(req)
 		if err != nil {
-			rs.forget(up)
-			rs.mu.Lock()
-			if i := slices.Index(rs.searchQ, up); i >= 0 {
-				rs.searchQ = slices.Delete(rs.searchQ, i, i+1)
-			}
-			rs.cond.Broadcast()
-			rs.mu.Unlock()
+			rs.complete(up)
 			return ss.lockFailed(tag, err)
 		}
 		rs.mu.Lock()
 		pc := rs.tags[up]
-		pc.release = release
+		if !explicitSeen {
+			pc.release = release
+		}
 		if explicitSeen {
 			if set, err := parseUIDSet([]byte(res.uidSet)); err == nil {
 				pc.seenUIDs = set
@@ -195,7 +198,14 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 			// server's implicit \Seen would be (RFC 9051 §6.4.5).
 			rs.injectN++
 			st := injectTagPrefix + itoa(rs.injectN)
-			rs.tags[st] = pendingCmd{inject: injectSeen, seenFor: up}
+			// The locks cover the write, and go back with its answer:
+			// the .PEEK fetch that follows changes nothing, and a client
+			// slow to read a large body must not hold the mailbox.
+			rs.tags[st] = pendingCmd{inject: injectSeen, seenFor: up, release: release, seenUIDs: pc.seenUIDs, seenAll: pc.seenAll, answers: pc.seenUIDs, answersAll: pc.seenAll}
+			// Sent just before the FETCH: its answers come first.
+			if i := slices.Index(rs.fetchQ, up); i >= 0 {
+				rs.fetchQ = slices.Insert(rs.fetchQ, i, st)
+			}
 			seenCmd = []byte(st + " UID STORE " + res.uidSet + " +FLAGS.SILENT (\\Seen)\r\n")
 		}
 		rs.mu.Unlock()
@@ -231,13 +241,12 @@ func (ss *session) sendBuilt(rs *relayState, tag string, b *builder, literalPlus
 			return err
 		}
 		if hdr.Sync {
-			select {
-			case ok := <-rs.litCh:
-				if !ok {
-					return nil // refused; the answer went to the client
-				}
-			case <-ss.done:
-				return net.ErrClosed
+			ok, err := ss.awaitContinuation(rs)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return nil // refused; the answer went to the client
 			}
 		}
 		from = l.data
@@ -251,16 +260,63 @@ func (ss *session) sendBuilt(rs *relayState, tag string, b *builder, literalPlus
 }
 
 // barrier waits until no command is in flight, client's or uidgate's.
+// Only commands that were sent are in flight (every path that answers a
+// command without sending it completes its record), and what was sent
+// is flushed first, so the wait ends with the backend's answers.
 func (ss *session) barrier(rs *relayState) error {
+	if err := ss.flushUp(); err != nil {
+		return err
+	}
+	return ss.waitState(rs, func() bool { return len(rs.tags) == 0 })
+}
+
+// roomInFlight waits until fewer than the session's bound of commands are
+// in flight, so that a client pipelining without reading holds bounded
+// memory: it is not read meanwhile (TCP pushes back).
+func (ss *session) roomInFlight(rs *relayState) error {
+	max := ss.srv.maxInFlight()
+	rs.mu.Lock()
+	full := len(rs.tags) >= max
+	rs.mu.Unlock()
+	if !full {
+		return nil
+	}
+	if err := ss.flushUp(); err != nil {
+		return err
+	}
+	return ss.waitState(rs, func() bool { return len(rs.tags) < max })
+}
+
+// waitState waits until ready (called under rs.mu) holds or the session
+// ends. Nobody reads the client meanwhile, so its socket is watched: a
+// client that goes away ends the session (watchClient).
+func (ss *session) waitState(rs *relayState, ready func() bool) error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	for len(rs.tags) > 0 && !rs.ended {
-		rs.cond.Wait()
+	if !ready() && !rs.ended {
+		rs.mu.Unlock()
+		stop := ss.watchClient(ss.cr.Buffered())
+		rs.mu.Lock()
+		for !ready() && !rs.ended {
+			rs.cond.Wait()
+		}
+		rs.mu.Unlock()
+		stop()
+		rs.mu.Lock()
 	}
 	if rs.ended {
 		return net.ErrClosed
 	}
 	return nil
+}
+
+// flushUp sends what is buffered for the backend. Every wait starts with
+// it: a command written without a flush (more client input was waiting)
+// would otherwise never be answered, and the wait never end.
+func (ss *session) flushUp() error {
+	ss.upMu.Lock()
+	defer ss.upMu.Unlock()
+	return ss.uw.Flush()
 }
 
 // inject sends one of uidgate's own commands once nothing else is in
@@ -592,9 +648,7 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		rs.litWait = ""
 		rs.litCh <- false
 	}
-	if i := slices.Index(rs.searchQ, tag); i >= 0 {
-		rs.searchQ = slices.Delete(rs.searchQ, i, i+1)
-	}
+	rs.unqueueLocked(tag)
 	if !known {
 		return line, false
 	}
@@ -813,12 +867,9 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 			}
 		}
 	}
-	wantsUID, rename := false, false
+	head, seenEcho := rs.fetchOwnerLocked(uid, uid != 0 && onlyFlags(line[listStart:]))
+	wantsUID, rename := head.wantsUID, head.renameRFC822
 	injectedResolve := rs.tags[rs.injected].inject == injectResolve
-	for _, pc := range rs.tags {
-		wantsUID = wantsUID || pc.wantsUID
-		rename = rename || pc.renameRFC822
-	}
 	var msgno uint32
 	var prefix []byte
 	if uid != 0 {
@@ -856,14 +907,10 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	if injectedResolve && items == 1 && uidStart >= 0 {
 		return nil, true // uidgate's own UID FETCH
 	}
-	if uid != 0 && onlyFlags(line[listStart:]) {
-		for _, pc := range rs.tags {
-			if pc.seenAll || pc.seenUIDs.Contains(imap.UID(uid)) {
-				// The report of uidgate's own STORE \Seen: the FETCH in
-				// flight answers with FLAGS itself, as one response.
-				return prefixOrDrop(prefix, out)
-			}
-		}
+	if seenEcho {
+		// The report of uidgate's own STORE \Seen: the FETCH it serves
+		// answers with FLAGS itself, as one response.
+		return prefixOrDrop(prefix, out)
 	}
 	b := append((*out)[:0], prefix...)
 	b = append(b, "* "...)

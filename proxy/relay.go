@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,11 +56,13 @@ const (
 	// maxRewriteCommand bounds a command collected whole to be rewritten
 	// (its literals included): sequence sets and search programs.
 	maxRewriteCommand = 1 << 20
-	// injectTagPrefix starts the tags of uidgate's own commands. A client
-	// tag that starts with it is renamed on the way up (see upTag).
-	injectTagPrefix = "UG."
-	// clientTagEscape replaces injectTagPrefix in a colliding client tag.
-	clientTagEscape = "UGC."
+	// tagSpace starts every tag uidgate makes up; a client tag that starts
+	// with it is renamed on the way up (see registerLocked).
+	tagSpace = "UG"
+	// injectTagPrefix starts the tags of uidgate's own commands.
+	injectTagPrefix = tagSpace + "."
+	// clientTagEscape starts the tags given to renamed client commands.
+	clientTagEscape = tagSpace + "C."
 	// upstreamMaxLine bounds a backend line: "* SEARCH" of a large
 	// mailbox without ESEARCH is one long line (7 MB at 1,000,000 UIDs).
 	upstreamMaxLine = 64 << 20
@@ -87,6 +90,12 @@ type pendingCmd struct {
 	// FETCH's own FLAGS carry it (nil with seenAll: every UID, for "$").
 	seenUIDs imap.UIDSet
 	seenAll  bool
+	// answers: the UIDs a FETCH/STORE (or uidgate's STORE \Seen) is
+	// answered for (answersAll: any, for "$"), and the highest answered so
+	// far (fetchOwnerLocked).
+	answers    imap.UIDSet
+	answersAll bool
+	lastUID    uint32
 }
 
 // selState is where a selection is in its life.
@@ -137,7 +146,9 @@ type relayState struct {
 	litCh      chan litDecision
 	midCommand bool     // the client goroutine is sending a command's parts
 	searchQ    []string // SEARCH/SORT/THREAD in flight with untagged answers, in order sent
+	fetchQ     []string // FETCH/STORE in flight (and uidgate's STORE \Seen), in order sent
 	injectN    int
+	renameN    int    // client tags renamed so far (registerLocked)
 	injected   string // tag of the injected command in flight
 	byeSeen    bool
 	logoutTag  string // LOGOUT answered: the session ends
@@ -228,13 +239,30 @@ func (ss *session) writeUp(b []byte, flush bool) error {
 	return nil
 }
 
-// upTag is the tag a client command carries upstream: its own, unless it
-// could be mistaken for one of uidgate's.
-func upTag(tag string) string {
-	if strings.HasPrefix(tag, injectTagPrefix) {
-		return clientTagEscape + tag[len(injectTagPrefix):]
+// registerLocked records a client command about to be sent and returns
+// the tag it carries upstream, unique among the commands in flight: the
+// client's own, unless that tag starts with uidgate's tag space ("UG") or
+// belongs to a command still in flight (RFC 9051 §2.2.1 asks clients for
+// unique tags; a proxy must not lose a record, and its locks, when one
+// does not). Renamed tags are "UGC.n", never reused; the record keeps the
+// client's tag for the answer.
+func (rs *relayState) registerLocked(tag string, pc pendingCmd) string {
+	up := tag
+	if _, busy := rs.tags[tag]; busy || strings.HasPrefix(tag, tagSpace) {
+		rs.renameN++
+		up = clientTagEscape + itoa(rs.renameN)
+		pc.clientTag = tag
 	}
-	return tag
+	rs.tags[up] = pc
+	return up
+}
+
+// retag gives line, which starts with the client's tag, the upstream tag.
+func retag(line []byte, tag, up string) []byte {
+	if up == tag {
+		return line
+	}
+	return append([]byte(up), line[len(tag):]...)
 }
 
 // clientToUpstream forwards the client's commands; the backend is written
@@ -244,6 +272,9 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 	defer ss.recoverInto(&err)
 	literalPlus := ss.up.HasCap("LITERAL+")
 	for {
+		if err := ss.roomInFlight(rs); err != nil {
+			return err
+		}
 		ss.conn.SetReadDeadline(time.Now().Add(ss.srv.idleTimeout()))
 		line, err := ss.cr.ReadLine()
 		if err != nil {
@@ -329,11 +360,6 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 				return err
 			}
 		}
-		up := upTag(tag)
-		if up != tag {
-			pc.clientTag = tag
-			line = append([]byte(up), line[len(tag):]...)
-		}
 		if release, err := ss.lockPassthrough(rs, cmd, kind); err != nil {
 			if err := ss.lockFailed(tag, err); err != nil {
 				return err
@@ -343,7 +369,8 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			pc.release = release
 		}
 		rs.mu.Lock()
-		rs.tags[up] = pc
+		up := rs.registerLocked(tag, pc)
+		line = retag(line, tag, up)
 		if pc.kind == cmdIdle {
 			rs.idleTag = up
 		}
@@ -405,7 +432,7 @@ func (ss *session) forwardCommand(rs *relayState, tag string, pc pendingCmd, lin
 				ss.bye("Literal too large")
 				return net.ErrClosed
 			}
-			rs.forget(tag)
+			rs.complete(tag)
 			if !lit.Sync {
 				ss.endOnReadError(errLiteralTooBig, line)
 				return net.ErrClosed
@@ -458,13 +485,12 @@ func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit i
 		return err
 	}
 	if out.Sync {
-		select {
-		case ok := <-rs.litCh:
-			if !ok {
-				return ss.discardRest(lit)
-			}
-		case <-ss.done:
-			return net.ErrClosed
+		ok, err := ss.awaitContinuation(rs)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ss.discardRest(lit)
 		}
 	}
 	ss.upMu.Lock()
@@ -476,6 +502,18 @@ func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit i
 	n, err := ss.cr.CopyLiteral(ss.up.Conn)
 	ss.bytesIn.Add(n)
 	return err
+}
+
+// awaitContinuation waits for the backend's answer to a synchronizing
+// literal: "+" (true) or a tagged refusal (false), watching the client.
+func (ss *session) awaitContinuation(rs *relayState) (bool, error) {
+	defer ss.watchClient(ss.cr.Buffered())()
+	select {
+	case ok := <-rs.litCh:
+		return bool(ok), nil
+	case <-ss.done:
+		return false, net.ErrClosed
+	}
 }
 
 // discardRest drops a refused command's remaining bytes from the client.
@@ -503,10 +541,83 @@ func (ss *session) discardRest(lit imapwire.Literal) error {
 	}
 }
 
-func (rs *relayState) forget(tag string) {
+// complete ends the record of a command that will get no tagged response
+// from the backend (answered by uidgate, or never sent): its locks go
+// back and whoever waits for "nothing in flight" is woken.
+func (rs *relayState) complete(tag string) {
 	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.completeLocked(tag)
+}
+
+func (rs *relayState) completeLocked(tag string) {
+	if pc, ok := rs.tags[tag]; ok && pc.release != nil {
+		pc.release()
+	}
 	delete(rs.tags, tag)
-	rs.mu.Unlock()
+	rs.unqueueLocked(tag)
+	rs.cond.Broadcast()
+}
+
+// unqueueLocked takes an answered command out of the queues that match
+// untagged answers to commands in the order sent.
+func (rs *relayState) unqueueLocked(tag string) {
+	if i := slices.Index(rs.searchQ, tag); i >= 0 {
+		rs.searchQ = slices.Delete(rs.searchQ, i, i+1)
+	}
+	if i := slices.Index(rs.fetchQ, tag); i >= 0 {
+		rs.fetchQ = slices.Delete(rs.fetchQ, i, i+1)
+	}
+}
+
+// fetchOwnerLocked finds the command an untagged FETCH for uid answers,
+// so that the items one command asked for are never judged by another's:
+// the oldest FETCH/STORE in flight that names uid and has not yet answered
+// it or a higher one (a STORE only for a flags-only answer). A server
+// answers pipelined commands in the order sent, each in ascending UID
+// order; once a command answers uid, the older ones naming it are done
+// with it. An unsolicited update, or an answer without UID, goes to the
+// oldest. seenEcho: the answer is a flags-only report of uidgate's own
+// STORE \Seen (during it, or before the .PEEK FETCH it serves has answered
+// that message), which the FETCH's own FLAGS item reports instead.
+func (rs *relayState) fetchOwnerLocked(uid uint32, flagsOnly bool) (owner pendingCmd, seenEcho bool) {
+	if len(rs.fetchQ) == 0 {
+		return pendingCmd{}, false
+	}
+	if uid != 0 {
+		for i, tag := range rs.fetchQ {
+			pc := rs.tags[tag]
+			if uid <= pc.lastUID || !pc.answersAll && !uidSetHas(pc.answers, uid) {
+				continue
+			}
+			seenFetch := pc.seenAll || pc.seenUIDs.Contains(imap.UID(uid))
+			switch {
+			case seenFetch && flagsOnly:
+				return pc, true
+			case pc.inject == injectSeen, pc.kind == cmdStore && !flagsOnly:
+				continue
+			}
+			for _, older := range rs.fetchQ[:i+1] {
+				if o := rs.tags[older]; o.lastUID < uid {
+					o.lastUID = uid
+					rs.tags[older] = o
+				}
+			}
+			return rs.tags[tag], false
+		}
+	}
+	return rs.tags[rs.fetchQ[0]], false
+}
+
+// uidSetHas reports whether set holds uid; a range ending in "*" (Stop 0)
+// holds every UID from its start.
+func uidSetHas(set imap.UIDSet, uid uint32) bool {
+	for _, r := range set {
+		if uint32(r.Start) <= uid && (r.Stop == 0 || uid <= uint32(r.Stop)) {
+			return true
+		}
+	}
+	return false
 }
 
 // refused returns why the relay answers a command itself with BAD, or "".
@@ -698,6 +809,9 @@ func (ss *session) toClient(ur *imapwire.Reader, fwd []byte, lit imapwire.Litera
 		}
 		ss.bytesOut.Add(int64(len(fwd)))
 	}
+	// The response goes on after a literal: nobody else writes until
+	// its line ends.
+	ss.cw.setMidLocked(has)
 	if !has {
 		return nil
 	}

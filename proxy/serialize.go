@@ -68,9 +68,15 @@ func (ss *session) lock(req rules.LockRequest) (func(), error) {
 			return release, nil
 		}
 	}
-	// The wait ends early if the session does (ss.ctx).
+	// The holder may be this session's own command, still in the buffer.
+	if err := ss.flushUp(); err != nil {
+		return nil, err
+	}
+	// The wait ends early if the session does (ss.ctx), and the session
+	// ends if the client goes meanwhile.
 	ctx, cancel := context.WithTimeout(ss.ctx, ss.srv.lockTimeout())
 	defer cancel()
+	defer ss.watchClient(ss.cr.Buffered())()
 	t0 := time.Now()
 	release, err := mgr.Acquire(ctx, keys)
 	ss.srv.Metrics.lockWaited(time.Since(t0), err != nil)
@@ -249,16 +255,12 @@ func (ss *session) appendSpooled(rs *relayState, cmd imapwire.Command, line []by
 	if err != nil {
 		return ss.lockFailed(tag, err)
 	}
-	up := upTag(tag)
 	pc := pendingCmd{kind: cmdAppend, release: release}
+	rs.mu.Lock()
+	up := rs.registerLocked(tag, pc)
+	rs.mu.Unlock()
 	var b builder
 	b.out = append(b.out, up...)
 	b.copySpan(&c, len(tag), len(c.buf))
-	if up != tag {
-		pc.clientTag = tag
-	}
-	rs.mu.Lock()
-	rs.tags[up] = pc
-	rs.mu.Unlock()
 	return ss.sendBuilt(rs, up, &b, literalPlus)
 }

@@ -35,6 +35,9 @@ const (
 	DefaultMaxLiteral = 100 << 20
 	// DefaultMaxBadCommands before auth; the next one ends the session.
 	DefaultMaxBadCommands = 3
+	// DefaultMaxInFlight bounds the commands of a session in flight: a
+	// client that pipelines and never reads must not grow memory.
+	DefaultMaxInFlight = 64
 	// writeTimeout bounds a write to a client that does not read.
 	writeTimeout = 5 * time.Minute
 )
@@ -75,6 +78,9 @@ type Server struct {
 	IdleTimeout    time.Duration
 	// MaxBadCommands before authentication (DefaultMaxBadCommands if zero).
 	MaxBadCommands int
+	// MaxInFlight bounds a session's commands sent and not yet answered
+	// (DefaultMaxInFlight if zero); past it the client is not read.
+	MaxInFlight int
 	// Locks serializes conflicting commands across sessions; nil uses one
 	// in-process manager for this Server.
 	Locks locks.Manager
@@ -159,6 +165,13 @@ func (s *Server) idleTimeout() time.Duration {
 		return s.IdleTimeout
 	}
 	return DefaultIdleTimeout
+}
+
+func (s *Server) maxInFlight() int {
+	if s.MaxInFlight > 0 {
+		return s.MaxInFlight
+	}
+	return DefaultMaxInFlight
 }
 
 func (s *Server) maxBad() int {

@@ -45,6 +45,7 @@ type session struct {
 	start                 time.Time
 	log                   zerolog.Logger
 	conn                  net.Conn // the client, TLS-wrapped once secured
+	rawConn               net.Conn // the client's connection as accepted (watchClient)
 	cr                    *imapwire.Reader
 	cw                    *syncWriter
 	tlsOn                 bool
@@ -83,6 +84,7 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 		localAddr:  c.LocalAddr(),
 		start:      time.Now(),
 		conn:       c,
+		rawConn:    c,
 		done:       make(chan struct{}),
 	}
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
@@ -92,16 +94,47 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 	return ss
 }
 
-// syncWriter serialises writes to one peer from both relay goroutines.
+// syncWriter is the one writer of the client stream. The upstream
+// goroutine relays the backend's responses through it; everything else
+// (uidgate's own "+", tagged answers to commands it does not send, BYE)
+// is handed to send as a whole response and written only at a response
+// boundary: never inside a relayed response that continues after a
+// literal (RFC 9051 §2.2.2: a response is the line, its literals and the
+// rest of the line).
 type syncWriter struct {
 	mu   sync.Mutex
 	conn net.Conn
 	fw   *flushWriter // to deadlineWriter{conn}
 	err  error
+	// mid: a relayed response is half written (a literal or the rest of
+	// its line follows); send waits on boundary until it ends.
+	mid      bool
+	closed   bool
+	boundary sync.Cond
 }
 
 func newSyncWriter(c net.Conn) *syncWriter {
-	return &syncWriter{conn: c, fw: newFlushWriter(deadlineWriter{c})}
+	w := &syncWriter{conn: c, fw: newFlushWriter(deadlineWriter{c})}
+	w.boundary.L = &w.mu
+	return w
+}
+
+// setMidLocked records whether the relayed response written last goes on
+// after what was written. Must hold mu.
+func (w *syncWriter) setMidLocked(mid bool) {
+	w.mid = mid
+	if !mid {
+		w.boundary.Broadcast()
+	}
+}
+
+// close wakes every send waiting for a boundary: the session is over.
+// Called once the connections are closed, so no copy holds mu for long.
+func (w *syncWriter) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.boundary.Broadcast()
+	w.mu.Unlock()
 }
 
 // write writes b, flushing if flush is set. Must hold mu.
@@ -176,10 +209,17 @@ func (d deadlineWriter) ReadFrom(r io.Reader) (int64, error) {
 	return total, nil
 }
 
-// send writes one complete line and flushes.
+// send writes one complete response of uidgate's own at the next response
+// boundary, and flushes.
 func (w *syncWriter) send(b []byte) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for w.mid && !w.closed {
+		w.boundary.Wait()
+	}
+	if w.closed {
+		return net.ErrClosed
+	}
 	return w.write(b, true)
 }
 
@@ -201,6 +241,7 @@ func (ss *session) closeAll() {
 		if up != nil {
 			up.Close()
 		}
+		ss.cw.close()
 	})
 }
 

@@ -14,6 +14,13 @@
 //	idle    -sessions sessions in IDLE for -duration
 //	append  APPEND -count messages of -size bytes, FETCH them back; MB/s
 //	seed    APPEND -count messages of -size bytes to populate -mailbox
+//	stress  -sessions sessions of one user on -mailbox write a random mix
+//	        (-seed) of 1–4 pipelined commands at a time and check every
+//	        answer against their own model of the mailbox and RFC 3501;
+//	        reports violations and exits non-zero on any. It deletes
+//	        messages (it keeps the mailbox at most 200 messages, and
+//	        refuses one of more than 1000): point it at a test account.
+//	        -mode is another name for -workload.
 //
 // -smoke runs a short, self-checking pass of every workload in mailboxes
 // of its own (created and deleted) and exits non-zero on any error; CI
@@ -52,11 +59,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.user, "user", "bench", "login `name`; %d is replaced by the session number modulo -users")
 	fs.IntVar(&cfg.users, "users", 1, "number of distinct users when -user has %d")
 	fs.StringVar(&cfg.pass, "pass", "bench", "password")
-	fs.StringVar(&cfg.workload, "workload", "small", "small, bulk, select, idle, append or seed")
+	fs.StringVar(&cfg.workload, "workload", "small", "small, bulk, select, idle, append, seed or stress")
+	fs.StringVar(&cfg.workload, "mode", "small", "the same as -workload")
 	fs.StringVar(&cfg.label, "label", "", "label copied into every result (e.g. the target's name)")
 	fs.IntVar(&cfg.sessions, "sessions", 1, "concurrent sessions")
-	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "measuring time (small, bulk: 0 = rounds only) or hold time (idle)")
-	fs.IntVar(&cfg.rounds, "rounds", 1_000_000, "bound: commands per session (small), FETCHes per session (bulk), SELECTs (select)")
+	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "measuring time (small, bulk, stress: 0 = rounds only) or hold time (idle)")
+	fs.IntVar(&cfg.rounds, "rounds", 1_000_000, "bound: commands per session (small), FETCHes per session (bulk), SELECTs (select), rounds per session (stress)")
 	fs.Int64Var(&cfg.size, "size", 50_000_000, "message size in bytes (append, seed)")
 	fs.IntVar(&cfg.count, "count", 1, "messages to APPEND (append, seed)")
 	fs.StringVar(&cfg.mailbox, "mailbox", "INBOX", "mailbox to work on (idle: \"\" enters IDLE without SELECT)")
@@ -66,6 +74,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.timeout, "timeout", 2*time.Minute, "bound of one command's round trip")
 	fs.BoolVar(&cfg.idleLogout, "idle-logout", false, "idle: end with DONE and LOGOUT (timed) instead of closing")
 	fs.BoolVar(&cfg.verify, "verify", false, "append: check the SHA-256 of every message fetched back")
+	fs.Int64Var(&cfg.seed, "seed", 1, "stress: seed of the random command mix")
+	fs.StringVar(&cfg.mailbox2, "mailbox2", "", "stress: second mailbox for COPY and STATUS (default: imapload-stress under the personal namespace, deleted at the end)")
+	fs.DurationVar(&cfg.stall, "stall", stressStallDefault, "stress: a command not answered this long is a stall (a violation)")
 	maxTime := fs.Duration("max-time", time.Hour, "bound of the whole run")
 	smoke := fs.Bool("smoke", false, "run a short self-checking pass of every workload (CI)")
 	if err := fs.Parse(args); err != nil {
@@ -86,7 +97,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imapload: -search %q: want none, esearch or plain\n", cfg.search)
 		return 2
 	}
-	if fs.NArg() > 0 || cfg.sessions < 1 || cfg.rounds < 1 || cfg.count < 0 || cfg.concurrency < 1 {
+	if fs.NArg() > 0 || cfg.sessions < 1 || cfg.rounds < 1 || cfg.count < 0 || cfg.concurrency < 1 || cfg.stall <= 0 {
 		fmt.Fprintln(stderr, "imapload: bad arguments (see -h)")
 		return 2
 	}
@@ -99,7 +110,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	failed := false
 	emit := func(r result) {
 		r.Label = cfg.label
-		if r.Errors > 0 {
+		if r.Errors > 0 || r.stressStats != nil && r.Violations > 0 {
 			failed = true
 		}
 		enc.Encode(r)
@@ -124,6 +135,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		emit(runAppend(ctx, &cfg))
 	case "seed":
 		emit(runSeed(ctx, &cfg))
+	case "stress":
+		emit(runStress(ctx, &cfg))
 	default:
 		fmt.Fprintf(stderr, "imapload: unknown workload %q\n", cfg.workload)
 		return 2

@@ -49,6 +49,8 @@ type result struct {
 	SearchMS    float64   `json:"search_ms,omitempty"`
 	SelectAllMS []float64 `json:"select_all_ms,omitempty"`
 	SearchAllMS []float64 `json:"search_all_ms,omitempty"`
+	// stress only (nil otherwise): rounds, commands and violations.
+	*stressStats
 }
 
 // opStats summarises one kind of command.

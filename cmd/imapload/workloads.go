@@ -33,8 +33,11 @@ type config struct {
 	hold             time.Duration
 	concurrency      int // sessions set up at once
 	timeout          time.Duration
-	idleLogout       bool // idle: DONE and LOGOUT at the end instead of closing
-	verify           bool // append: check each fetched message's SHA-256
+	idleLogout       bool          // idle: DONE and LOGOUT at the end instead of closing
+	verify           bool          // append: check each fetched message's SHA-256
+	seed             int64         // stress: seed of every session's random mix
+	mailbox2         string        // stress: the other mailbox (COPY, STATUS); "" derives one
+	stall            time.Duration // stress: a command unanswered this long is a stall
 }
 
 // userFor returns the login name of session i.

@@ -143,6 +143,7 @@ func newServer(c *configs.Config, log *zerolog.Logger, current *atomic.Pointer[r
 		PreauthTimeout:      c.Limits.PreauthTimeoutOrDefault(),
 		IdleTimeout:         c.Limits.IdleTimeoutOrDefault(),
 		MaxBadCommands:      c.Limits.MaxBadCommandsOrDefault(),
+		MaxInFlight:         c.Limits.MaxCommandsInFlightOrDefault(),
 		LockTimeout:         c.Limits.LockTimeoutOrDefault(),
 		MaxConnections:      c.Limits.MaxConnectionsOrDefault(),
 		MaxConnectionsPerIP: c.Limits.MaxConnectionsPerIPOrDefault(),

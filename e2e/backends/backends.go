@@ -1,5 +1,5 @@
-// Package backends starts real IMAP servers (Dovecot 2.3 and Cyrus 3.6) on
-// loopback for uidgate's end-to-end tests.
+// Package backends starts real IMAP servers (Dovecot 2.3, Cyrus 3.6 and the
+// legacy Cyrus 2.3.18) on loopback for uidgate's end-to-end tests.
 //
 // Each server is a private instance: its own directory, configuration, free
 // ports on 127.0.0.1 and process group, so several can run side by side and
@@ -8,10 +8,15 @@
 // removes the directory.
 //
 // The servers must be installed by .ci/install-deps, and the tests must run as
-// root (both servers switch to their own system users). A missing binary is a
+// root (the servers switch to their own system users). A missing binary is a
 // test failure, never a skip. Cyrus's imapd is looked up under
 // $UIDGATE_CYRUS_DIR (default /opt/uidgate-cyrus), where install-deps
 // extracts it: the cyrus-imapd package conflicts with Dovecot's.
+//
+// Cyrus 2.3.18 is built by install-deps from ../shared/cyrus-2.3 (beside the
+// repository) into $UIDGATE_CYRUS23_DIR (default /opt/uidgate-cyrus23). Where
+// those sources are absent, StartCyrus23 skips with the reason (see
+// Cyrus23Available); where they are present, a missing build fails the test.
 //
 // See shared/BACKENDS.md for the facts these configurations rest on.
 package backends
@@ -55,7 +60,7 @@ const (
 
 // Server is one running IMAP server instance on loopback.
 type Server struct {
-	// Kind is "dovecot" or "cyrus".
+	// Kind is "dovecot", "cyrus" (3.6) or "cyrus23" (2.3.18).
 	Kind string
 	// Addr is the host:port of the plain-text IMAP listener on 127.0.0.1.
 	Addr string
@@ -69,7 +74,7 @@ type Server struct {
 	AdminUser, AdminPassword string
 
 	// lmtpNetwork and lmtpAddr are where Deliver connects: "unix" and a
-	// socket path for Dovecot, "tcp" and 127.0.0.1:port for Cyrus.
+	// socket path for Dovecot, "tcp" and 127.0.0.1:port for Cyrus (both).
 	lmtpNetwork, lmtpAddr string
 
 	proc *process
@@ -190,7 +195,7 @@ func requireRoot(t testing.TB) {
 func findBinary(t testing.TB, name string, paths ...string) string {
 	t.Helper()
 	for _, p := range paths {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		if isExecutable(p) {
 			return p
 		}
 	}
@@ -199,6 +204,12 @@ func findBinary(t testing.TB, name string, paths ...string) string {
 	}
 	t.Fatalf("backends: %s not found (looked in %s and $PATH); %s", name, strings.Join(paths, ", "), installHint)
 	return ""
+}
+
+// isExecutable reports whether p is a regular file with an execute bit.
+func isExecutable(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
 }
 
 // lookupIDs returns the numeric uid of userName and gid of groupName.

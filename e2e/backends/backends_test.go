@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,17 +17,20 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 )
 
-// kinds lists every backend with its start function.
+// kinds lists every backend with its start function. StartCyrus23 skips
+// where the Cyrus 2.3 sources are absent.
 var kinds = []struct {
 	name  string
 	start func(testing.TB, map[string]string) *Server
 }{
 	{"dovecot", StartDovecot},
 	{"cyrus", StartCyrus},
+	{"cyrus23", StartCyrus23},
 }
 
 // idleWait bounds the wait for an EXISTS pushed during IDLE: Dovecot pushes
-// at once (inotify), Cyrus through idled (or its 1 s poll fallback).
+// at once (inotify), Cyrus 3.6 through idled (or its 1 s poll fallback),
+// Cyrus 2.3 by polling every second.
 const idleWait = 10 * time.Second
 
 func testUsers() map[string]string {
@@ -215,6 +219,69 @@ func TestDeliverWakesIdle(t *testing.T) {
 			}
 			if err := idle.Wait(); err != nil {
 				t.Errorf("IDLE: %v", err)
+			}
+		})
+	}
+}
+
+// TestTwoSessionsOneInbox checks that a session learns of another session's
+// EXPUNGE on the same INBOX at its next NOOP, as "* 2 EXPUNGE" (RFC 9051
+// §7.5.1), and then numbers the messages the same way as the other.
+func TestTwoSessionsOneInbox(t *testing.T) {
+	for _, k := range kinds {
+		t.Run(k.name, func(t *testing.T) {
+			t.Parallel()
+			s := k.start(t, testUsers())
+			a := login(t, s, "alice", nil)
+			for i := 1; i <= 3; i++ {
+				s.Deliver(t, "alice", fmt.Appendf(nil, "Subject: m%d\r\n\r\nbody %d\r\n", i, i))
+			}
+			expunged := make(chan uint32, 16)
+			b := login(t, s, "alice", &imapclient.Options{
+				UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+					Expunge: func(seq uint32) { expunged <- seq },
+				},
+			})
+			for name, c := range map[string]*imapclient.Client{"a": a, "b": b} {
+				sel, err := c.Select("INBOX", nil).Wait()
+				if err != nil {
+					t.Fatalf("session %s: SELECT: %v", name, err)
+				}
+				if sel.NumMessages != 3 {
+					t.Fatalf("session %s: SELECT: %d messages, want 3", name, sel.NumMessages)
+				}
+			}
+
+			deleted := &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}
+			if err := a.Store(imap.SeqSetNum(2), deleted, nil).Close(); err != nil {
+				t.Fatalf("session a: STORE 2 +FLAGS.SILENT (\\Deleted): %v", err)
+			}
+			gone, err := a.Expunge().Collect()
+			if err != nil {
+				t.Fatalf("session a: EXPUNGE: %v", err)
+			}
+			if !slices.Equal(gone, []uint32{2}) {
+				t.Errorf("session a: EXPUNGE answered %v, want [2]", gone)
+			}
+
+			if err := b.Noop().Wait(); err != nil {
+				t.Fatalf("session b: NOOP: %v", err)
+			}
+			// The handler runs on the client's reader before NOOP's tagged
+			// OK completes the command, so the EXPUNGE is there already.
+			var seen []uint32
+			for len(expunged) > 0 {
+				seen = append(seen, <-expunged)
+			}
+			if !slices.Equal(seen, []uint32{2}) {
+				t.Fatalf("session b: NOOP brought EXPUNGE %v, want [2]\n%s", seen, s.Log())
+			}
+			if n := b.Mailbox().NumMessages; n != 2 {
+				t.Errorf("session b: %d messages after the EXPUNGE, want 2", n)
+			}
+			// Cyrus's lmtpd adds trace fields, Date and Message-ID.
+			if got := string(fetchBody(t, b, 2)); !strings.Contains(got, "Subject: m3\r\n") || !strings.HasSuffix(got, "\r\n\r\nbody 3\r\n") {
+				t.Errorf("session b: FETCH 2 BODY.PEEK[] = %q, want message m3", got)
 			}
 		})
 	}

@@ -103,33 +103,67 @@ func StartCyrus(t testing.TB, users map[string]string) *Server {
 	findBinary(t, "idled (from the cyrus-imapd .deb)", filepath.Join(pkg, "idled"))
 	findBinary(t, "lmtpd", filepath.Join(cyrusLibexec, "lmtpd"))
 	findBinary(t, "ctl_cyrusdb", filepath.Join(cyrusLibexec, "ctl_cyrusdb"))
+	return startCyrusFlavour(t, cyrusFlavour{
+		kind:      "cyrus",
+		imapdConf: cyrusImapdConf,
+		cyrusConf: cyrusConf,
+		replace:   []string{"{{LIB}}", cyrusLibexec, "{{PKG}}", pkg},
+		dirs:      []string{"config/lock"},
+		master:    master,
+	}, users)
+}
+
+// cyrusFlavour is what differs between the Cyrus versions that
+// startCyrusFlavour runs: the rest of an instance is the same.
+type cyrusFlavour struct {
+	kind string // Server.Kind
+	// imapdConf and cyrusConf are the templates of DIR/etc/imapd.conf and
+	// DIR/etc/cyrus.conf; startCyrusFlavour fills in {{DIR}}, {{IMAP}} and
+	// {{LMTP}}, and the pairs of replace.
+	imapdConf, cyrusConf string
+	replace              []string // old, new, ... for the templates
+	// dirs are created below DIR for cyrus:mail besides cyrusDirs.
+	dirs   []string
+	master string // the master process's binary
+}
+
+// cyrusDirs are the directories, relative to the instance directory, that
+// every Cyrus version needs and that belong to cyrus:mail: configdirectory
+// (config) with its subdirectories, the partition, sieve, temp, pid and log.
+var cyrusDirs = []string{"log",
+	"config/db", "config/log", "config/msg", "config/quota", "config/user",
+	"config/ptclient", "config/socket", "config/proc",
+	"spool", "sieve", "tmp", "run"}
+
+// startCyrusFlavour starts one Cyrus instance of flavour f: the instance
+// directory with etc/ (root's) and the directories of cyrus:mail, the
+// configuration, a sasldb with the administrator and users, the master in the
+// foreground; then it creates the users' INBOXes. The caller has checked the
+// binaries that f names, that it runs as root and the users.
+func startCyrusFlavour(t testing.TB, f cyrusFlavour, users map[string]string) *Server {
+	t.Helper()
 	saslpasswd := findBinary(t, "saslpasswd2", "/usr/sbin/saslpasswd2")
 	uid, gid := lookupIDs(t, "cyrus", "mail")
 
 	adminPassword := randomHex(t, 12)
-	s := start(t, "cyrus", 2, func(dir string, ports []int) (*instance, error) {
+	s := start(t, f.kind, 2, func(dir string, ports []int) (*instance, error) {
 		if err := mkdirs(dir, -1, -1, "etc"); err != nil {
 			return nil, err
 		}
-		if err := mkdirs(dir, uid, gid, "log",
-			"config/db", "config/log", "config/msg", "config/quota", "config/user",
-			"config/ptclient", "config/socket", "config/proc", "config/lock",
-			"spool", "sieve", "tmp", "run"); err != nil {
+		if err := mkdirs(dir, uid, gid, append(slices.Clone(cyrusDirs), f.dirs...)...); err != nil {
 			return nil, err
 		}
-		r := strings.NewReplacer(
+		r := strings.NewReplacer(append([]string{
 			"{{DIR}}", dir,
-			"{{LIB}}", cyrusLibexec,
-			"{{PKG}}", pkg,
 			"{{IMAP}}", fmt.Sprint(ports[0]),
 			"{{LMTP}}", fmt.Sprint(ports[1]),
-		)
+		}, f.replace...)...)
 		imapdConf := filepath.Join(dir, "etc", "imapd.conf")
-		if err := os.WriteFile(imapdConf, []byte(r.Replace(cyrusImapdConf)), 0o644); err != nil {
+		if err := os.WriteFile(imapdConf, []byte(r.Replace(f.imapdConf)), 0o644); err != nil {
 			return nil, err
 		}
 		masterConf := filepath.Join(dir, "etc", "cyrus.conf")
-		if err := os.WriteFile(masterConf, []byte(r.Replace(cyrusConf)), 0o644); err != nil {
+		if err := os.WriteFile(masterConf, []byte(r.Replace(f.cyrusConf)), 0o644); err != nil {
 			return nil, err
 		}
 		sasldb := filepath.Join(dir, "config", "sasldb2")
@@ -146,7 +180,7 @@ func StartCyrus(t testing.TB, users map[string]string) *Server {
 		}
 		return &instance{
 			server: &Server{
-				Kind:          "cyrus",
+				Kind:          f.kind,
 				Addr:          fmt.Sprintf("127.0.0.1:%d", ports[0]),
 				Dir:           dir,
 				Users:         copyUsers(users),
@@ -155,9 +189,10 @@ func StartCyrus(t testing.TB, users map[string]string) *Server {
 				lmtpNetwork:   "tcp",
 				lmtpAddr:      fmt.Sprintf("127.0.0.1:%d", ports[1]),
 			},
-			// No -d: cyrmaster stays in the foreground, so the process is
-			// ours to stop; -D keeps stdout and stderr, our only log.
-			argv: []string{master, "-D",
+			// No -d: the master stays in the foreground, so the process
+			// is ours to stop; -D keeps stdout and stderr, our only log.
+			// Both 3.6's cyrmaster and 2.3's master read these flags alike.
+			argv: []string{f.master, "-D",
 				"-C", imapdConf, "-M", masterConf,
 				"-p", filepath.Join(dir, "run", "master.pid")},
 			stdoutLog: filepath.Join(dir, "log", "master.log"),
@@ -165,7 +200,7 @@ func StartCyrus(t testing.TB, users map[string]string) *Server {
 	})
 
 	if err := createCyrusInboxes(s); err != nil {
-		t.Fatalf("backends: cyrus: creating users' mailboxes: %v\n%s", err, s.Log())
+		t.Fatalf("backends: %s: creating users' mailboxes: %v\n%s", f.kind, err, s.Log())
 	}
 	return s
 }
