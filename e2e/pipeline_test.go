@@ -307,6 +307,16 @@ func normalize(resp []string) []string {
 	return append(untagged, tagged...)
 }
 
+var bodyFlags = regexp.MustCompile(`^(\* \d+ FETCH \(.*?)FLAGS \([^)]*\) (.*BODY\[)`)
+
+func stripBodyFlags(lines []string) []string {
+	out := make([]string, len(lines))
+	for i, l := range lines {
+		out[i] = bodyFlags.ReplaceAllString(l, "$1$2")
+	}
+	return out
+}
+
 // taggedOnly keeps the tagged answers and the final view of normalized
 // transcripts.
 func taggedOnly(lines []string) []string {
@@ -324,7 +334,7 @@ func taggedOnly(lines []string) []string {
 var (
 	boxNumber     = regexp.MustCompile(`pipe\d+`)
 	maskNumbers   = regexp.MustCompile(`(UIDVALIDITY|HIGHESTMODSEQ|MODSEQ \(?|APPENDUID|COPYUID) \d+`)
-	dovecotTiming = regexp.MustCompile(` \(\d+\.\d+ \+ \d+\.\d+( \+ \d+\.\d+)? secs\)\.`)
+	dovecotTiming = regexp.MustCompile(` \([^()]*\d\.\d+[^()]*\)\.?\r\n$`)
 	capCode       = regexp.MustCompile(`\[CAPABILITY [^\]]*\]`)
 )
 
@@ -358,6 +368,12 @@ func comparePipelined(t *testing.T, tg pipeTarget, cmds []string) {
 		// and the view the client is left with are compared; the Cyrus
 		// servers answer in order, and every response is compared.
 		d, v = taggedOnly(d), taggedOnly(v)
+	}
+	if tg.legacy {
+		// Explicit \Seen asks FLAGS with every body fetch, so the answer
+		// carries them even where the server would leave them out (\Seen
+		// already set); what \Seen became is compared in the final view.
+		d, v = stripBodyFlags(d), stripBodyFlags(v)
 	}
 	if tg.legacy && slices.Contains(cmds, "EXPUNGE") {
 		// Known gap (issue 14): on a legacy backend uidgate learns what

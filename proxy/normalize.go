@@ -339,7 +339,8 @@ func (ss *session) inject(rs *relayState, kind injectKind, text string) error {
 func (ss *session) injectTagLocked(rs *relayState, kind injectKind) string {
 	rs.injectN++
 	tag := injectTagPrefix + itoa(rs.injectN)
-	rs.tags[tag] = pendingCmd{inject: kind}
+	rs.seqN++
+	rs.tags[tag] = pendingCmd{inject: kind, seq: rs.seqN}
 	rs.injected = tag
 	return tag
 }
@@ -408,7 +409,7 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 			rs.idleTag = ""
 			rs.idling = true
 			// IDLE is in progress: what was held may go now (RFC 9051 §6.3.13).
-			if sel := rs.sel; sel != nil && sel.state == selReady && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, "") {
+			if sel := rs.sel; sel != nil && sel.state == selReady && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, rs.seqN) {
 				b := append((*out)[:0], line...)
 				b = append(b, ss.releaseLines(rs, sel, new([]byte))...)
 				*out = b
@@ -534,7 +535,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		} else {
 			ss.srv.Metrics.held(1)
 		}
-		if rs.idling && ss.mayRelease(rs, "") {
+		if rs.idling && ss.mayRelease(rs, rs.seqN) {
 			// RFC 9051 §6.3.13: during IDLE, updates go out at once.
 			return ss.releaseLines(rs, sel, out), false
 		}
@@ -561,15 +562,18 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		if injected == injectResolve || injected == injectBuild {
 			return nil, true
 		}
+		rs.answeringLocked(rs.searchQ)
 		if len(rs.searchQ) > 0 && rs.tags[rs.searchQ[0]].resultsAreUIDs {
 			return ss.translateNumberList(sel, r, line, out), false
 		}
 	case imapwire.EqualFold(r.Name, "THREAD"):
+		rs.answeringLocked(rs.searchQ)
 		if len(rs.searchQ) > 0 && rs.tags[rs.searchQ[0]].resultsAreUIDs {
 			return ss.translateThread(sel, r, line, out), false
 		}
 	case imapwire.EqualFold(r.Name, "ESEARCH"):
 		es := parseESearch(imapwire.TrimEOL(line[r.After:]))
+		rs.answeringLocked([]string{es.tag})
 		if pc, ok := rs.tags[es.tag]; ok && pc.resultsAreUIDs {
 			return ss.translateESearch(sel, pc, es, line[:r.After], out), false
 		}
@@ -606,17 +610,26 @@ func (ss *session) announce(rs *relayState, sel *selection, out *[]byte, prefix 
 }
 
 // mayRelease reports whether EXPUNGEs may go to the client now, before the
-// tagged response of except ("" for none, as in IDLE): no command that
-// forbids them is in progress, and no command is half sent
-// (RFC 3501 §7.4.1, RFC 9051 §7.5.1).
-func (ss *session) mayRelease(rs *relayState, except string) bool {
+// tagged response of the command sent as number after (rs.seqN in IDLE,
+// which nothing follows): no command is half sent, and none that forbids
+// them is being responded to (RFC 3501 §7.4.1, RFC 9051 §7.5.1: not
+// "while responding to" FETCH, STORE or SEARCH). One pipelined after that
+// command which has not begun to answer is not being responded to yet: the
+// server itself announces expunges before that command's OK and only then
+// runs the next, and uidgate numbers its answers in the view that follows.
+// The answered command itself is no longer in rs.tags.
+func (ss *session) mayRelease(rs *relayState, after uint64) bool {
 	if rs.midCommand || rs.litWait != "" {
 		return false
 	}
-	for tag, pc := range rs.tags {
-		if tag != except && pc.forbidsExpunge {
-			return false
+	for _, pc := range rs.tags {
+		if !pc.forbidsExpunge {
+			continue
 		}
+		if pc.seq > after && !pc.answering {
+			continue
+		}
+		return false
 	}
 	return true
 }
@@ -749,7 +762,7 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		}
 	}
 	var pre []byte
-	if !pc.forbidsExpunge && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, tag) {
+	if !pc.forbidsExpunge && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, pc.seq) {
 		pre = append(pre, ss.releaseLines(rs, sel, new([]byte))...)
 	}
 	pre = ss.announce(rs, sel, new([]byte), pre)

@@ -96,6 +96,10 @@ type pendingCmd struct {
 	answers    imap.UIDSet
 	answersAll bool
 	lastUID    uint32
+	// seq orders commands as sent; answering: its untagged answers have
+	// begun (mayRelease).
+	seq       uint64
+	answering bool
 }
 
 // selState is where a selection is in its life.
@@ -149,6 +153,7 @@ type relayState struct {
 	fetchQ     []string // FETCH/STORE in flight (and uidgate's STORE \Seen), in order sent
 	injectN    int
 	renameN    int    // client tags renamed so far (registerLocked)
+	seqN       uint64 // commands registered so far
 	injected   string // tag of the injected command in flight
 	byeSeen    bool
 	logoutTag  string // LOGOUT answered: the session ends
@@ -253,6 +258,8 @@ func (rs *relayState) registerLocked(tag string, pc pendingCmd) string {
 		up = clientTagEscape + itoa(rs.renameN)
 		pc.clientTag = tag
 	}
+	rs.seqN++
+	pc.seq = rs.seqN
 	rs.tags[up] = pc
 	return up
 }
@@ -603,10 +610,24 @@ func (rs *relayState) fetchOwnerLocked(uid uint32, flagsOnly bool) (owner pendin
 					rs.tags[older] = o
 				}
 			}
+			rs.answeringLocked(rs.fetchQ[i : i+1])
 			return rs.tags[tag], false
 		}
 	}
+	rs.answeringLocked(rs.fetchQ)
 	return rs.tags[rs.fetchQ[0]], false
+}
+
+// answeringLocked marks the first command of q in flight as answering:
+// its untagged responses have begun (see mayRelease).
+func (rs *relayState) answeringLocked(q []string) {
+	if len(q) == 0 {
+		return
+	}
+	if pc, ok := rs.tags[q[0]]; ok && !pc.answering {
+		pc.answering = true
+		rs.tags[q[0]] = pc
+	}
 }
 
 // uidSetHas reports whether set holds uid; a range ending in "*" (Stop 0)

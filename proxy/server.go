@@ -293,8 +293,11 @@ func (s *Server) untrack(ss *session) {
 	s.wg.Done()
 }
 
-// Shutdown stops accepting, tells every client "* BYE" and closes its
-// session, then waits for session goroutines to end or ctx to expire.
+// Shutdown stops accepting, tells every client "* BYE" (at a response
+// boundary, never inside a literal) and closes its session, then waits for
+// session goroutines to end. ctx bounds all of it: when it expires, every
+// session still open is closed at once, BYE or not, and Shutdown returns
+// ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shutdown.Store(true)
@@ -314,9 +317,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			ss.bye("[UNAVAILABLE] uidgate is shutting down")
 		}()
 	}
-	byes.Wait()
 	done := make(chan struct{})
 	go func() {
+		byes.Wait()
 		s.wg.Wait()
 		close(done)
 	}()
@@ -324,6 +327,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-done:
 		return nil
 	case <-ctx.Done():
+		// A session whose BYE waits on a client that does not read (or
+		// on a response that does not end) is cut off now.
+		for _, ss := range sessions {
+			ss.closeAll()
+		}
 		return ctx.Err()
 	}
 }
