@@ -392,46 +392,43 @@ func pipeBackends(t *testing.T) []string {
 	return []string{"cyrus23", "cyrus", "dovecot"}
 }
 
-// TestPipelinedPairs sends every ordered pair of the matrix's commands in
-// one write after SELECT, on every backend and mode.
-func TestPipelinedPairs(t *testing.T) {
+// forEachTarget runs f against each backend, in each mode of uidgate.
+func forEachTarget(t *testing.T, f func(t *testing.T, tg pipeTarget)) {
 	for _, kind := range pipeBackends(t) {
 		t.Run(kind, func(t *testing.T) {
 			checkNoLeaks(t)
 			be := startBackend(t, kind)
 			for _, tg := range pipeModes(t, kind, be) {
-				t.Run(tg.name, func(t *testing.T) {
-					for _, a := range pipeCommands {
-						for _, b := range pipeCommands {
-							comparePipelined(t, tg, []string{a, b})
-						}
-					}
-				})
+				t.Run(tg.name, func(t *testing.T) { f(t, tg) })
 			}
 		})
 	}
+}
+
+// TestPipelinedPairs sends every ordered pair of the matrix's commands in
+// one write after SELECT, on every backend and mode.
+func TestPipelinedPairs(t *testing.T) {
+	forEachTarget(t, func(t *testing.T, tg pipeTarget) {
+		for _, a := range pipeCommands {
+			for _, b := range pipeCommands {
+				comparePipelined(t, tg, []string{a, b})
+			}
+		}
+	})
 }
 
 // TestPipelinedRandom sends seeded random sequences of 2–8 commands in one
 // write, directly and through uidgate.
 func TestPipelinedRandom(t *testing.T) {
 	const sequences = 25
-	for _, kind := range pipeBackends(t) {
-		t.Run(kind, func(t *testing.T) {
-			checkNoLeaks(t)
-			be := startBackend(t, kind)
-			for _, tg := range pipeModes(t, kind, be) {
-				t.Run(tg.name, func(t *testing.T) {
-					rng := rand.New(rand.NewPCG(12, uint64(len(kind))))
-					for range sequences {
-						cmds := make([]string, 2+rng.IntN(7))
-						for i := range cmds {
-							cmds[i] = pipeCommands[rng.IntN(len(pipeCommands))]
-						}
-						comparePipelined(t, tg, cmds)
-					}
-				})
+	forEachTarget(t, func(t *testing.T, tg pipeTarget) {
+		rng := rand.New(rand.NewPCG(12, uint64(len(tg.kind))))
+		for range sequences {
+			cmds := make([]string, 2+rng.IntN(7))
+			for i := range cmds {
+				cmds[i] = pipeCommands[rng.IntN(len(pipeCommands))]
 			}
-		})
-	}
+			comparePipelined(t, tg, cmds)
+		}
+	})
 }
