@@ -375,12 +375,13 @@ func comparePipelined(t *testing.T, tg pipeTarget, cmds []string) {
 		// already set); what \Seen became is compared in the final view.
 		d, v = stripBodyFlags(d), stripBodyFlags(v)
 	}
-	if tg.legacy && slices.Contains(cmds, "EXPUNGE") {
+	if tg.legacy && slices.Contains(cmds[:len(cmds)-1], "EXPUNGE") {
 		// Known gap (issue 14): on a legacy backend uidgate learns what
-		// an EXPUNGE removed by UID before the next command, so the
-		// client hears "* n EXPUNGE" then, not before the EXPUNGE's OK,
-		// and numbers in between are of the view it still has. Compared
-		// there: the tagged answers and the view it is left with.
+		// an EXPUNGE removed by UID before its OK only when nothing is
+		// pipelined behind it; otherwise the client hears "* n EXPUNGE"
+		// at the next command, and numbers in between are of the view it
+		// still has. Compared there: the tagged answers and the view it
+		// is left with.
 		d, v = taggedOnly(d), taggedOnly(v)
 	}
 	if strings.Join(d, "\n") != strings.Join(v, "\n") {

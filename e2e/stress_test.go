@@ -26,16 +26,18 @@ func TestStress(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "uidgate/cmd/imapload").CombinedOutput(); err != nil {
 		t.Fatalf("go build imapload: %v\n%s", err, out)
 	}
-	// Cyrus 2.3 only, the server this is for. Found with this checker and
-	// left out until fixed (see the issue notes): Cyrus 3.6 itself, run
-	// directly, answers SEARCH with messages it has not yet announced by
-	// EXISTS; through uidgate in front of Dovecot, a rare run stalls an
-	// EXPUNGE or APPEND past 10 s.
-	for _, kind := range []string{"cyrus23"} {
+	// Cyrus 3.6 is run through uidgate only: run directly, the server
+	// itself answers SEARCH with messages it has not yet announced by
+	// EXISTS, which the checker rightly counts (see docs/BENCHMARKS.md).
+	for _, kind := range []string{"cyrus23", "cyrus", "dovecot"} {
 		t.Run(kind, func(t *testing.T) {
 			be := startBackend(t, kind)
 			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr, Legacy: true, ExplicitSeen: true, CyrusNamespace: kind != "dovecot"}})
-			for _, target := range []struct{ name, addr string }{{"direct", be.Addr}, {"uidgate", g.Addr}} {
+			targets := []struct{ name, addr string }{{"direct", be.Addr}, {"uidgate", g.Addr}}
+			if kind == "cyrus" {
+				targets = targets[1:]
+			}
+			for _, target := range targets {
 				out, err := exec.Command(bin, "-addr", target.addr, "-mode", "stress", "-user", "alice", "-pass", testUsers["alice"],
 					"-sessions", "8", "-seed", "12", "-duration", stressTime.String(), "-max-time", "2m").CombinedOutput()
 				var res struct {

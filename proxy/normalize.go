@@ -381,12 +381,19 @@ func (ss *session) resolve(rs *relayState) error {
 // resyncIfDirty re-reads a legacy backend's UID list when it reported
 // EXPUNGE or EXISTS, and diffs it against the upstream view.
 func (ss *session) resyncIfDirty(rs *relayState) error {
-	rs.mu.Lock()
-	sel := rs.sel
-	dirty := sel != nil && sel.state == selReady && sel.dirty
-	rs.mu.Unlock()
-	if !dirty {
+	dirty := func() bool {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		sel := rs.sel
+		return sel != nil && sel.state == selReady && sel.dirty
+	}
+	if !dirty() {
 		return nil
+	}
+	// A resync uidgate started itself before a tagged answer (onTagged)
+	// may be in flight: once it is done the map may be clean.
+	if err := ss.barrier(rs); err != nil || !dirty() {
+		return err
 	}
 	return ss.inject(rs, injectResync, searchAllCommand(rs))
 }
@@ -697,6 +704,15 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			// Clean, unless the list could not be read (endResyncList):
 			// then the next command resyncs again.
 			sel.dirty, sel.listBad = sel.listBad, false
+			if held := sel.heldTag; held != nil {
+				sel.heldTag = nil
+				var pre []byte
+				if sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, sel.heldSeq) {
+					pre = ss.releaseLines(rs, sel, new([]byte))
+				}
+				pre = ss.announce(rs, sel, new([]byte), pre)
+				return append(pre, held...), false
+			}
 		}
 		if b := ss.announce(rs, sel, out, nil); b != nil {
 			return b, false
@@ -760,6 +776,19 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			b = append(b, fwd[r.CodeEnd-1:]...)
 			fwd = b
 		}
+	}
+	if sel.legacy && sel.dirty && !pc.forbidsExpunge && pc.kind != cmdLogout && len(rs.tags) == 0 && rs.injected == "" {
+		// RFC 9051 §6.4.3, §7.5.1: the expunges a command causes or
+		// learns (its own EXPUNGE's, news at NOOP or a UID command) come
+		// before its OK. A legacy backend's numbers are never trusted, so
+		// the OK waits while uidgate learns them by UID, now that nothing
+		// else is in flight; the client's next command waits for that
+		// resync (resyncIfDirty). Pipelined commands behind it make the
+		// expunges wait for the next command instead.
+		sel.heldTag, sel.heldSeq = append(sel.heldTag[:0], fwd...), pc.seq
+		t := ss.injectTagLocked(rs, injectResync)
+		rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
+		return nil, true
 	}
 	var pre []byte
 	if !pc.forbidsExpunge && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, pc.seq) {

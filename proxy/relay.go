@@ -113,14 +113,19 @@ const (
 
 // selection is the selected mailbox with its msgno↔UID map.
 type selection struct {
-	m        *sessionmap.Map
-	legacy   bool
-	state    selState
-	dirty    bool // legacy: resync by UID before the next command
-	listBad  bool // the resync's UID list was unreadable: stay dirty
-	loaded   bool // the build's UID list arrived
-	held     [][]byte
-	heldOK   []byte
+	m       *sessionmap.Map
+	legacy  bool
+	state   selState
+	dirty   bool // legacy: resync by UID before the next command
+	listBad bool // the resync's UID list was unreadable: stay dirty
+	loaded  bool // the build's UID list arrived
+	held    [][]byte
+	heldOK  []byte
+	// heldTag: a client command's tagged answer held until the resync
+	// that learns, by UID, what the legacy backend expunged during it
+	// (heldSeq is that command's place in the sending order).
+	heldTag  []byte
+	heldSeq  uint64
 	tag      string // the SELECT's upstream tag
 	readOnly bool
 	validity uint32 // UIDVALIDITY announced by the SELECT
