@@ -18,7 +18,7 @@ import (
 
 var testUsers = map[string]string{"alice": "alice-pass-1", "bob": "bob pass \"2\""}
 
-func startBackend(t *testing.T, kind string) *backends.Server {
+func startBackend(t testing.TB, kind string) *backends.Server {
 	switch kind {
 	case "dovecot":
 		return backends.StartDovecot(t, testUsers)

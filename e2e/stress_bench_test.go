@@ -1,0 +1,66 @@
+package e2e
+
+import (
+	"encoding/json"
+	"flag"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"uidgate/upstream"
+)
+
+var (
+	stressLong     = flag.Duration("stress.duration", 10*time.Minute, "BenchmarkStress: run time per backend and target")
+	stressBackends = flag.String("stress.backends", "cyrus23,cyrus,dovecot", "BenchmarkStress: backends, comma-separated")
+)
+
+// BenchmarkStress is the long run of the stress checker (issue 12): per
+// backend, directly and through uidgate in the deployed (legacy) and the
+// compliant mode, one after the other in one run, reporting commands per
+// second and violations. Not part of the test suite:
+//
+//	go test ./e2e/ -run '^$' -bench Stress -benchtime 1x -timeout 3h \
+//	    -stress.duration 10m -stress.backends cyrus23
+func BenchmarkStress(b *testing.B) {
+	bin := filepath.Join(b.TempDir(), "imapload")
+	if out, err := exec.Command("go", "build", "-o", bin, "uidgate/cmd/imapload").CombinedOutput(); err != nil {
+		b.Fatalf("go build imapload: %v\n%s", err, out)
+	}
+	for _, kind := range strings.Split(*stressBackends, ",") {
+		b.Run(kind, func(b *testing.B) {
+			be := startBackend(b, kind)
+			cyrus := kind != "dovecot"
+			legacy := startGate(b, gateOpts{backend: upstream.Backend{Address: be.Addr, Legacy: true, ExplicitSeen: true, CyrusNamespace: cyrus}})
+			plain := startGate(b, gateOpts{backend: upstream.Backend{Address: be.Addr, CyrusNamespace: cyrus}})
+			var direct float64
+			for _, target := range []struct{ name, addr string }{{"direct", be.Addr}, {"uidgate-legacy", legacy.Addr}, {"uidgate-plain", plain.Addr}} {
+				out, err := exec.Command(bin, "-addr", target.addr, "-mode", "stress", "-user", "alice", "-pass", testUsers["alice"],
+					"-sessions", "8", "-seed", "7", "-duration", stressLong.String(), "-max-time", (*stressLong + 5*time.Minute).String()).CombinedOutput()
+				line := strings.TrimSpace(string(out))
+				if i := strings.LastIndexByte(line, '\n'); i >= 0 {
+					line = line[i+1:]
+				}
+				var res struct {
+					Commands   int64   `json:"commands"`
+					PerSecond  float64 `json:"commands_per_s"`
+					Violations int64   `json:"violations"`
+					Stalls     int64   `json:"stalls"`
+				}
+				if jerr := json.Unmarshal([]byte(line), &res); jerr != nil {
+					b.Fatalf("%s: %v %v\n%s", target.name, err, jerr, out)
+				}
+				if target.name == "direct" {
+					direct = res.PerSecond
+				}
+				ratio := 0.0
+				if direct > 0 {
+					ratio = res.PerSecond / direct
+				}
+				b.Logf("%s %s: %d commands, %.0f/s (%.2f× direct), %d violations, %d stalls\n%s", kind, target.name, res.Commands, res.PerSecond, ratio, res.Violations, res.Stalls, line)
+			}
+		})
+	}
+}
