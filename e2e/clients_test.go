@@ -70,11 +70,11 @@ func runPy(t *testing.T, addr, user, mech, box string, create bool) string {
 // TestPythonImaplib runs the same imaplib session through uidgate and
 // directly; every answer must match.
 func TestPythonImaplib(t *testing.T) {
-	for _, kind := range []string{"dovecot", "cyrus"} {
+	for _, kind := range allKinds {
 		t.Run(kind, func(t *testing.T) {
 			checkNoLeaks(t)
 			be := startBackend(t, kind)
-			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr}})
+			g := startGate(t, gateOpts{backend: deployedBackend(kind, be.Addr)})
 			viaBox, directBox := mailboxName(kind, "py-via"), mailboxName(kind, "py-direct")
 			// bob's password has a space and quotes: LOGIN must quote it.
 			via := runPy(t, g.Addr, "bob", "login", viaBox, true)

@@ -10,8 +10,6 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
-
-	"uidgate/upstream"
 )
 
 // viewModel is what a client knows: the subject of each message, in its
@@ -60,12 +58,18 @@ var subjectSection = []*imap.FetchItemBodySection{{Specifier: imap.PartSpecifier
 // message A meant in its own numbering, or nothing if that message is gone;
 // A's numbering must follow exactly the EXISTS and EXPUNGE it was sent.
 func TestNormalizerConcurrentExpunge(t *testing.T) {
-	for _, kind := range []string{"dovecot", "cyrus"} {
+	for _, kind := range allKinds {
 		t.Run(kind, func(t *testing.T) {
 			checkNoLeaks(t)
 			be := startBackend(t, kind)
-			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr}})
-			testConcurrentExpunge(t, be.Addr, g.Addr, kind)
+			for _, legacy := range []bool{true, false} {
+				b := deployedBackend(kind, be.Addr)
+				b.Legacy, b.ExplicitSeen = legacy, legacy
+				g := startGate(t, gateOpts{backend: b})
+				t.Run(fmt.Sprintf("legacy=%v", legacy), func(t *testing.T) {
+					testConcurrentExpunge(t, be.Addr, g.Addr, kind)
+				})
+			}
 		})
 	}
 }

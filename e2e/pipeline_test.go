@@ -18,7 +18,6 @@ import (
 	"github.com/emersion/go-imap/v2"
 
 	"uidgate/e2e/backends"
-	"uidgate/upstream"
 )
 
 // This file holds the pipelining matrix of issue 12: after SELECT, commands
@@ -131,7 +130,8 @@ type pipeTarget struct {
 func pipeModes(t *testing.T, kind string, be *backends.Server) []pipeTarget {
 	var out []pipeTarget
 	for _, legacy := range []bool{true, false} {
-		b := upstream.Backend{Address: be.Addr, Legacy: legacy, ExplicitSeen: legacy, CyrusNamespace: kind != "dovecot"}
+		b := deployedBackend(kind, be.Addr)
+		b.Legacy, b.ExplicitSeen = legacy, legacy
 		name := "plain"
 		if legacy {
 			name = "legacy"
@@ -389,13 +389,9 @@ func comparePipelined(t *testing.T, tg pipeTarget, cmds []string) {
 	}
 }
 
-func pipeBackends(t *testing.T) []string {
-	return []string{"cyrus23", "cyrus", "dovecot"}
-}
-
 // forEachTarget runs f against each backend, in each mode of uidgate.
 func forEachTarget(t *testing.T, f func(t *testing.T, tg pipeTarget)) {
-	for _, kind := range pipeBackends(t) {
+	for _, kind := range allKinds {
 		t.Run(kind, func(t *testing.T) {
 			checkNoLeaks(t)
 			be := startBackend(t, kind)

@@ -31,6 +31,18 @@ func startBackend(t testing.TB, kind string) *backends.Server {
 	return nil
 }
 
+// allKinds are the real backends of the matrix (issue 13), the server
+// uidgate exists for first.
+var allKinds = []string{"cyrus23", "cyrus", "dovecot"}
+
+// deployedBackend is uidgate's configuration for kind as sites deploy it:
+// for the Cyrus servers legacy, explicit \Seen and the Cyrus namespace;
+// Dovecot, a compliant server, as it is.
+func deployedBackend(kind, addr string) upstream.Backend {
+	cyrus := kind != "dovecot"
+	return upstream.Backend{Address: addr, Legacy: cyrus, ExplicitSeen: cyrus, CyrusNamespace: cyrus}
+}
+
 // mailboxName gives a top-level mailbox name valid on the backend: Cyrus
 // classic namespace puts a user's folders under INBOX.
 func mailboxName(kind, name string) string {
@@ -102,11 +114,11 @@ func fetchBodies(t *testing.T, c *imapclient.Client) map[imap.UID][]byte {
 // server: every basic command, a 20 MB APPEND, IDLE with a delivery, and
 // byte equality of BODY[] with a direct fetch.
 func TestRelay(t *testing.T) {
-	for _, kind := range []string{"dovecot", "cyrus"} {
+	for _, kind := range allKinds {
 		t.Run(kind, func(t *testing.T) {
 			checkNoLeaks(t)
 			be := startBackend(t, kind)
-			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr}})
+			g := startGate(t, gateOpts{backend: deployedBackend(kind, be.Addr)})
 			testRelay(t, kind, be, g)
 		})
 	}

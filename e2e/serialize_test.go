@@ -19,11 +19,11 @@ import (
 // meanwhile. On a correct backend the result must be exactly what the
 // commands asked for, and no command may be refused with INUSE.
 func TestSerializedWorkload(t *testing.T) {
-	for _, kind := range []string{"dovecot", "cyrus"} {
+	for _, kind := range allKinds {
 		t.Run(kind, func(t *testing.T) {
 			checkNoLeaks(t)
 			be := startBackend(t, kind)
-			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr, Legacy: true, ExplicitSeen: true}})
+			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr, Legacy: true, ExplicitSeen: true, CyrusNamespace: kind != "dovecot"}})
 			testSerializedWorkload(t, be, g, kind)
 		})
 	}

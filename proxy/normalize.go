@@ -777,14 +777,15 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			fwd = b
 		}
 	}
-	if sel.legacy && sel.dirty && !pc.forbidsExpunge && pc.kind != cmdLogout && len(rs.tags) == 0 && rs.injected == "" {
+	if sel.legacy && sel.dirty && rs.sel == sel && !pc.forbidsExpunge && pc.kind != cmdLogout && len(rs.tags) == 0 && rs.injected == "" {
 		// RFC 9051 §6.4.3, §7.5.1: the expunges a command causes or
 		// learns (its own EXPUNGE's, news at NOOP or a UID command) come
 		// before its OK. A legacy backend's numbers are never trusted, so
 		// the OK waits while uidgate learns them by UID, now that nothing
 		// else is in flight; the client's next command waits for that
 		// resync (resyncIfDirty). Pipelined commands behind it make the
-		// expunges wait for the next command instead.
+		// expunges wait for the next command instead; after UNSELECT
+		// (rs.sel gone) there is nothing left to learn.
 		sel.heldTag, sel.heldSeq = append(sel.heldTag[:0], fwd...), pc.seq
 		t := ss.injectTagLocked(rs, injectResync)
 		rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
