@@ -741,10 +741,14 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 		rs.mu.Unlock()
 	}()
 	ur := ss.up.R
+	quickAck := quickAcker(ss.up.Conn)
 	midResponse := false // the previous line announced a literal
 	dropping := false    // the response being read is not for the client
 	var out []byte
 	for {
+		if ur.Buffered() == 0 {
+			quickAck() // about to wait for the backend: acknowledge what came
+		}
 		line, forwarded, err := ss.readUpLine(rs, ur, midResponse)
 		if err != nil {
 			rs.mu.Lock()
