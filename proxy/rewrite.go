@@ -446,6 +446,13 @@ func (w *searchWalker) key(depth int) error {
 			return err
 		}
 		uids, err := w.toUIDs(set)
+		var se *sessionmap.SeqError
+		if errors.As(err, &se) && se.Kind != sessionmap.SeqZero {
+			// As a search key a set only selects messages: numbers beyond
+			// the mailbox select none (Dovecot and Cyrus answer an empty
+			// result, not BAD; RFC 9051 §6.4.4).
+			uids, err = w.toUIDs(clipSeqSet(set, se.Count))
+		}
 		if err != nil {
 			return err
 		}
@@ -510,6 +517,28 @@ func (w *searchWalker) key(depth int) error {
 }
 
 // seqErrAnswer is the tagged answer for a number the client may not use.
+// clipSeqSet keeps of set the numbers up to count ("*" being count).
+func clipSeqSet(set imap.SeqSet, count uint32) imap.SeqSet {
+	var out imap.SeqSet
+	for _, r := range set {
+		a, z := r.Start, r.Stop
+		if a == 0 {
+			a = count
+		}
+		if z == 0 {
+			z = count
+		}
+		if a > z {
+			a, z = z, a
+		}
+		if a == 0 || a > count {
+			continue
+		}
+		out = append(out, imap.SeqRange{Start: a, Stop: min(z, count)})
+	}
+	return out
+}
+
 func seqErrAnswer(err error) (string, bool) {
 	var se *sessionmap.SeqError
 	if errors.As(err, &se) {
