@@ -87,15 +87,22 @@ func appendUIDSet(dst []byte, set imap.UIDSet) []byte {
 }
 
 // appendSeqSet formats a client sequence set into dst.
+// Ascending neighbours are joined ("1,2,3" is written "1:3", as servers
+// write ESEARCH's ALL; RFC 4731 §3.1 and RFC 5267 §3.2 read both alike).
 func appendSeqSet(dst []byte, set imap.SeqSet) []byte {
-	for i, r := range set {
+	for i := 0; i < len(set); i++ {
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = appendUint(dst, r.Start)
-		if r.Stop != r.Start {
+		start, stop := set[i].Start, set[i].Stop
+		for start <= stop && i+1 < len(set) && set[i+1].Start == stop+1 && set[i+1].Start <= set[i+1].Stop {
+			i++
+			stop = set[i].Stop
+		}
+		dst = appendUint(dst, start)
+		if stop != start {
 			dst = append(dst, ':')
-			dst = appendUint(dst, r.Stop)
+			dst = appendUint(dst, stop)
 		}
 	}
 	return dst
