@@ -823,6 +823,15 @@ func (ss *session) finishSelect(rs *relayState, sel *selection, out *[]byte) []b
 		sel.m.AnnounceArrivals()
 		rs.exists = sel.m.ClientCount()
 	}
+	// A legacy backend's [UNSEEN n] is its own number: it is trusted only
+	// where the UID list read right after agrees with the SELECT's EXISTS
+	// (nothing came or went in between), so that n names the same message.
+	unseenOK := !sel.legacy
+	for _, l := range sel.held {
+		if r, ok := imapwire.ParseResponse(l); ok && r.HasNum && imapwire.EqualFold(r.Name, "EXISTS") && sel.m != nil {
+			unseenOK = !sel.legacy || r.Num == sel.m.UpstreamCount() && !sel.dirty
+		}
+	}
 	for _, l := range sel.held {
 		r, ok := imapwire.ParseResponse(l)
 		switch {
@@ -836,7 +845,8 @@ func (ss *session) finishSelect(rs *relayState, sel *selection, out *[]byte) []b
 			// the client fetches flags after SELECT anyway.
 		case ok && imapwire.EqualFold(r.Code, "UNSEEN") && sel.m != nil:
 			n, _ := parseNumber(r.CodeArgs)
-			if m, ok := sel.m.UpstreamToClient(n); ok && !sel.legacy {
+			// RFC 3501 §7.1: [UNSEEN n] is the first unseen message's number.
+			if m, ok := sel.m.UpstreamToClient(n); ok && unseenOK {
 				b = append(b, l[:r.CodeStart]...)
 				b = append(b, "[UNSEEN "...)
 				b = appendUint(b, m)
