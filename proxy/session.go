@@ -27,7 +27,10 @@ const (
 	// passwords); nothing larger is legitimate there.
 	preauthMaxLiteral = 8 << 10
 	// preauthMaxCommand bounds a whole pre-auth command with its literals.
-	preauthMaxCommand = 16 << 10
+	// RFC 2971 §3.3 lets an ID list hold 30 pairs of a 30-octet field and
+	// a 1024-octet value (about 32 KB quoted); Dovecot takes that before
+	// login, so uidgate must too.
+	preauthMaxCommand = 40 << 10
 	// traceMax bounds a traced line.
 	traceMax = 512
 )
