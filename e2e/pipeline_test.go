@@ -195,6 +195,16 @@ var pipeCommands = []string{
 	"FETCH 1 BODY[]",
 }
 
+// randomExtra join the matrix's commands in the random sequences.
+var randomExtra = []string{
+	"MOVE 1 {box}",
+	"COPY 1:2 {box}",
+	"UID SEARCH ALL",
+	`STORE 1:* -FLAGS (\Seen)`,
+	"FETCH 1:* (UID FLAGS)",
+	"SEARCH 2:*",
+}
+
 // pipeSession logs in, selects the box, runs cmds pipelined in one write
 // and then, one at a time, NOOP and a FETCH of every message's UID and
 // flags: the view the client is left with.
@@ -420,10 +430,11 @@ func TestPipelinedRandom(t *testing.T) {
 	const sequences = 25
 	forEachTarget(t, func(t *testing.T, tg pipeTarget) {
 		rng := rand.New(rand.NewPCG(12, uint64(len(tg.kind))))
+		pool := append(slices.Clip(pipeCommands), randomExtra...)
 		for range sequences {
 			cmds := make([]string, 2+rng.IntN(7))
 			for i := range cmds {
-				cmds[i] = pipeCommands[rng.IntN(len(pipeCommands))]
+				cmds[i] = pool[rng.IntN(len(pool))]
 			}
 			comparePipelined(t, tg, cmds)
 		}
