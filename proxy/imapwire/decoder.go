@@ -350,24 +350,27 @@ func (d *Decoder) skipBracket() bool {
 	return false
 }
 
-// SkipList skips a parenthesised list and everything nested in it.
+// SkipList skips a parenthesised list and everything nested in it. It
+// counts depth instead of recursing: a line of millions of "(" from a
+// client or a backend must not exhaust the stack (issue 16).
 func (d *Decoder) SkipList() bool {
 	start := d.pos
 	if !d.Special('(') {
 		return false
 	}
-	for {
-		if d.Special(')') {
-			return true
-		}
-		if d.SP() {
-			continue
-		}
-		if d.peek() == 0 && d.pos >= len(d.b) || !d.SkipValue() {
+	for depth := 1; depth > 0; {
+		switch {
+		case d.Special('('):
+			depth++
+		case d.Special(')'):
+			depth--
+		case d.SP():
+		case d.pos >= len(d.b) || !d.SkipValue():
 			d.pos = start
 			return false
 		}
 	}
+	return true
 }
 
 // ErrSyntax is wrapped by errors about malformed input.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math"
 	"strings"
 	"testing"
 )
@@ -107,7 +108,8 @@ func TestTrailingLiteral(t *testing.T) {
 		{"a X {}\r\n", false, Literal{}},
 		{"a X {1a}\r\n", false, Literal{}},
 		{"{5}\r\n", true, Literal{Size: 5, Sync: true}},
-		{"a X {99999999999999999999}\r\n", false, Literal{}},
+		// Too large for int64, still an announcement (issue 16): saturated.
+		{"a X {99999999999999999999}\r\n", true, Literal{Size: math.MaxInt64, Sync: true, Start: 4}},
 		{"a X 5}\r\n", false, Literal{}},
 	}
 	for _, tt := range tests {
@@ -283,4 +285,20 @@ func FuzzWire(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSkipListDeep: a million nested lists are skipped without recursion
+// (issue 16: the recursive form overflowed the stack and killed the
+// process), balanced or not.
+func TestSkipListDeep(t *testing.T) {
+	const depth = 1 << 20
+	b := append(bytes.Repeat([]byte("("), depth), bytes.Repeat([]byte(")"), depth)...)
+	d := NewDecoder(append(b, " x\r\n"...))
+	if !d.SkipList() || d.Pos() != 2*depth {
+		t.Fatalf("balanced: skipped to %d", d.Pos())
+	}
+	d = NewDecoder(append(bytes.Repeat([]byte("("), depth), "\r\n"...))
+	if d.SkipList() || d.Pos() != 0 {
+		t.Fatalf("unbalanced: skipped to %d", d.Pos())
+	}
 }

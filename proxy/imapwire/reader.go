@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 const (
@@ -285,15 +286,20 @@ func TrailingLiteral(line []byte) (Literal, bool) {
 		i--
 	}
 	digits := end - i
-	if digits == 0 || digits > maxLiteralDigits || i == 0 || b[i-1] != '{' {
+	if digits == 0 || i == 0 || b[i-1] != '{' {
 		return Literal{}, false
 	}
+	// A count too large for int64 is still a literal announcement: the
+	// peer will treat it as one, so uidgate must too (issue 16: otherwise
+	// the two disagree on where the next command starts). It saturates,
+	// and every size bound then refuses it.
 	var n int64
 	for _, c := range b[i:end] {
-		n = n*10 + int64(c-'0')
-		if n < 0 {
-			return Literal{}, false
+		if n > (math.MaxInt64-9)/10 {
+			n = math.MaxInt64
+			break
 		}
+		n = n*10 + int64(c-'0')
 	}
 	lit.Size = n
 	lit.Start = i - 1
