@@ -327,7 +327,15 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		}
 		tag := string(cmd.Tag)
 		ss.traceCommand(line, cmd.Name)
-		if refusal := refused(cmd); refusal != "" {
+		refusal := refused(cmd)
+		if _, lit := imapwire.TrailingLiteral(line); lit && takesNoArguments(cmd) {
+			// A literal after a command without arguments would reach the
+			// backend as bytes it may read as the next command once it has
+			// refused this one: a command smuggled past the rewriter, the
+			// locks and the capability filter (issue 16).
+			refusal = "Unexpected literal"
+		}
+		if refusal != "" {
 			if err := ss.answerUnsent(tag, "BAD "+refusal, line); err != nil {
 				return err
 			}
@@ -650,6 +658,18 @@ func (rs *relayState) answeringLocked(q []string) {
 func uidSetHas(set imap.UIDSet, uid uint32) bool {
 	for _, r := range set {
 		if uint32(r.Start) <= uid && (r.Stop == 0 || uid <= uint32(r.Stop)) {
+			return true
+		}
+	}
+	return false
+}
+
+// takesNoArguments reports commands whose syntax has no argument, so no
+// literal (RFC 9051 §9: capability, noop, logout, check, close, unselect,
+// idle, namespace, expunge; UID EXPUNGE takes a set, never a literal).
+func takesNoArguments(cmd imapwire.Command) bool {
+	for _, n := range [...]string{"NOOP", "CAPABILITY", "LOGOUT", "CHECK", "CLOSE", "UNSELECT", "IDLE", "NAMESPACE", "EXPUNGE"} {
+		if imapwire.EqualFold(cmd.Name, n) {
 			return true
 		}
 	}
