@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -123,6 +124,10 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 			}
 			if answer, ok := seqErrAnswer(err); ok {
 				ss.sendf("%s %s", tag, answer)
+				return nil
+			}
+			if errors.Is(err, errCommandTooLong) {
+				ss.sendf("%s NO [TOOBIG] Command too long to translate", tag)
 				return nil
 			}
 			ss.log.Warn().Err(err).Msg("cannot rewrite command")
@@ -1214,7 +1219,22 @@ func (ss *session) translateESearch(sel *selection, pc pendingCmd, es esearch, h
 			}
 			var seq imap.SeqSet
 			if pc.kind == cmdSort {
-				// RFC 5267 §3.2: ESORT's ALL keeps the sort order.
+				// RFC 5267 §3.2: ESORT's ALL keeps the sort order. It
+				// names each message once: more UIDs than the mailbox
+				// holds is a broken answer, not expanded (issue 16: a
+				// backend's "ALL 1:50000000" cost 835 MB).
+				var total uint64
+				for _, rg := range set {
+					if rg.Stop == 0 || rg.Stop < rg.Start {
+						total = math.MaxUint64
+						break
+					}
+					total += uint64(rg.Stop-rg.Start) + 1
+				}
+				if total > uint64(sel.m.UpstreamCount()) {
+					ss.log.Warn().Uint64("uids", total).Msg("ESORT ALL longer than the mailbox; dropped")
+					continue
+				}
 				var uids []uint32
 				for _, rg := range set {
 					for u := rg.Start; u <= rg.Stop && u != 0; u++ {

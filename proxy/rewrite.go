@@ -399,6 +399,12 @@ func (w *searchWalker) keyword(kw string) bool {
 // not exhaust the stack.
 const maxSearchDepth = 64
 
+// maxRewritten bounds a translated command: each sequence-set key becomes
+// a UID set as long as the mailbox is fragmented, so a 64 KB line of
+// "1:* 1:* …" could otherwise cost hundreds of MB (issue 16). 16 MiB holds
+// "1:*" of a million messages with every other UID gone several times.
+const maxRewritten = 16 << 20
+
 // searchArgs is the number of arguments each search key takes (RFC 9051
 // §6.4.4, RFC 3501 §6.4.4, RFC 5032 WITHIN, RFC 8514 SAVEDATE, RFC 8474
 // OBJECTID). NOT, OR, FUZZY and MODSEQ are handled apart.
@@ -460,6 +466,9 @@ func (w *searchWalker) key(depth int) error {
 		if len(uids) == 0 {
 			w.b.out = append(w.b.out, "NOT ALL"...) // matches nothing
 		} else {
+			if len(w.b.out)+len(uids)*22 > maxRewritten {
+				return errCommandTooLong
+			}
 			w.b.out = append(w.b.out, "UID "...)
 			w.b.out = appendUIDSet(w.b.out, uids)
 		}
