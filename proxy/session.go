@@ -337,7 +337,10 @@ func (ss *session) loginDisabled() bool { return ss.lis.RequireTLS && !ss.tlsOn 
 // preauth answers commands until a login succeeds (true) or the session
 // must end (false).
 func (ss *session) preauth(ctx context.Context) bool {
-	ss.conn.SetDeadline(time.Now().Add(ss.srv.preauthTimeout()))
+	// preauth_timeout bounds connect to login, whatever is sent meanwhile:
+	// a NOOP now and then must not keep an anonymous connection (issue 16).
+	end := ss.start.Add(ss.srv.preauthTimeout())
+	ss.conn.SetDeadline(end)
 	if ss.sendf("* OK [CAPABILITY %s] uidgate ready", ss.preCaps()) != nil {
 		return false
 	}
@@ -431,7 +434,7 @@ func (ss *session) preauth(ctx context.Context) bool {
 				return false
 			}
 		}
-		ss.conn.SetDeadline(time.Now().Add(ss.srv.preauthTimeout()))
+		ss.conn.SetDeadline(end) // STARTTLS may have replaced the connection
 	}
 }
 
