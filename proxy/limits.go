@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
@@ -86,34 +87,80 @@ func (s *Server) leaveLocked(ip string) {
 // many addresses are remembered; old entries expire when next looked at
 // (golang-lru's expirable cache runs a goroutine that never stops).
 type authFailure struct {
+	// turn admits one login at a time from the address while it has
+	// recent failures: parallel connections must not multiply guesses.
+	turn chan struct{}
+	mu   sync.Mutex // guards n and last
 	n    int
 	last time.Time
 }
 
 // authFailures returns the per-address failure memory.
-func (s *Server) authFailures() *lru.Cache[string, authFailure] {
+func (s *Server) authFailures() *lru.Cache[string, *authFailure] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failures == nil {
-		s.failures, _ = lru.New[string, authFailure](authFailureEntries)
+		s.failures, _ = lru.New[string, *authFailure](authFailureEntries)
 	}
 	return s.failures
 }
 
-// failureDelay records a failed login from ip and returns how long to
-// wait before answering it: growing with recent failures, so that password
-// guessing from one address slows down without affecting others.
-func (s *Server) failureDelay(ip string) time.Duration {
+// loginTurn is taken before a login's credentials go to a backend. From
+// an address with recent failures, logins go one at a time, each after a
+// delay that grows with those failures (auth_failure_delay each, up to
+// maxAuthDelay), whether it then succeeds or not: so guessing from one
+// address is slowed before the backend checks a password, however many
+// connections it opens (issue 16). Other addresses never wait. release
+// must be called when the login is answered; ok is false if done closed
+// first.
+func (s *Server) loginTurn(ip string, done <-chan struct{}) (release func(), ok bool) {
 	f := s.authFailures()
-	af, _ := f.Get(ip)
+	af, found := f.Get(ip)
+	if !found {
+		return func() {}, true
+	}
+	select {
+	case af.turn <- struct{}{}:
+	case <-done:
+		return nil, false
+	}
+	release = func() { <-af.turn }
+	af.mu.Lock()
+	if time.Since(af.last) > authFailureWindow {
+		af.n = 0
+	}
+	wait := time.Until(af.last.Add(min(time.Duration(af.n)*s.authDelayStep(), maxAuthDelay)))
+	af.mu.Unlock()
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-done:
+			release()
+			return nil, false
+		}
+	}
+	return release, true
+}
+
+// loginFailed records a failed login from ip.
+func (s *Server) loginFailed(ip string) {
+	f := s.authFailures()
+	af, found := f.Get(ip)
+	if !found {
+		af = &authFailure{turn: make(chan struct{}, 1)}
+		if prev, ok, _ := f.PeekOrAdd(ip, af); ok {
+			af = prev
+		}
+	}
+	af.mu.Lock()
+	defer af.mu.Unlock()
 	if time.Since(af.last) > authFailureWindow {
 		af.n = 0
 	}
 	af.n++
 	af.last = time.Now()
-	f.Add(ip, af)
-	d := time.Duration(af.n-1) * s.authDelayStep()
-	return min(d, maxAuthDelay)
 }
 
 // loginSucceeded forgets ip's failures.

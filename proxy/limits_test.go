@@ -5,6 +5,8 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -59,7 +61,7 @@ func TestConnectionLimits(t *testing.T) {
 }
 
 // TestAuthFailureDelay: repeated failed logins from one address are
-// answered ever later; the first is not delayed.
+// checked, and answered, ever later; the first is not delayed.
 func TestAuthFailureDelay(t *testing.T) {
 	const step = 150 * time.Millisecond
 	srv := &Server{
@@ -82,7 +84,53 @@ func TestAuthFailureDelay(t *testing.T) {
 		}
 		took = append(took, time.Since(t0))
 	}
-	if took[1] < step || took[2] < 2*step {
+	// Each waits its delay from the previous failure, recorded just before
+	// that failure was answered.
+	if took[1] < step-step/10 || took[2] < 2*step-step/10 {
 		t.Errorf("answers took %v; want the 2nd ≥ %v and the 3rd ≥ %v", took, step, 2*step)
+	}
+}
+
+// TestAuthFailuresSlowGuessing: from one address with recent failures,
+// credentials reach the backend one login at a time, each after the
+// delay, however many connections guess in parallel (issue 16: the delay
+// came after the backend had checked the password, so 20 connections had
+// 200 guesses checked in 5 s).
+func TestAuthFailuresSlowGuessing(t *testing.T) {
+	const step, run, workers = 100 * time.Millisecond, 1500 * time.Millisecond, 10
+	var checked atomic.Int32
+	srv := &Server{
+		Route: func(string) (*upstream.Backend, bool) {
+			checked.Add(1) // stands for the backend checking a password
+			return nil, false
+		},
+		AuthFailureDelay: step,
+	}
+	var wg sync.WaitGroup
+	stop := time.Now().Add(run)
+	for range workers {
+		cc, sc := tcpPair(t)
+		go srv.ServeConn(t.Context(), sc, Listener{TLS: upstream.TLSNone})
+		t.Cleanup(func() { cc.Close() })
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := bufio.NewReader(cc)
+			cc.SetReadDeadline(stop)
+			r.ReadString('\n')
+			for time.Now().Before(stop) {
+				io.WriteString(cc, "a LOGIN nobody x\r\n")
+				if _, err := r.ReadString('\n'); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Waits of 0, 1, 2, 3, 4 and 5 steps fit in 1.5 s: six checks (eight
+	// allowed for a slow machine). Without the turn, the ten connections'
+	// first guesses alone are checked at once.
+	if n := checked.Load(); n > 8 {
+		t.Fatalf("%d logins checked in %v from one address", n, run)
 	}
 }

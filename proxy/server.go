@@ -104,7 +104,7 @@ type Server struct {
 	mu        sync.Mutex
 	memLocks  *locks.Memory
 	perIP     map[string]int
-	failures  *lru.Cache[string, authFailure]
+	failures  *lru.Cache[string, *authFailure]
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
 	wg        sync.WaitGroup

@@ -656,17 +656,16 @@ func (ss *session) authenticate(tag, mech string, hasIR bool, ir string) (user, 
 // login routes user, dials the backend and logs in there. It answers the
 // client either way and reports success.
 func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
+	release, ok := ss.srv.loginTurn(ss.ip, ss.done)
+	if !ok {
+		return false
+	}
+	defer release()
 	b, ok := ss.srv.Route(user)
 	if !ok {
 		ss.log.Info().Str("user", user).Msg("no route for user")
 		ss.srv.Metrics.login("", "no_route", 0)
-		if d := ss.srv.failureDelay(ss.ip); d > 0 {
-			select {
-			case <-time.After(d):
-			case <-ss.done:
-				return false
-			}
-		}
+		ss.srv.loginFailed(ss.ip)
 		// Same answer as a wrong password: do not reveal which users exist.
 		ss.sendf("%s NO [AUTHENTICATIONFAILED] Authentication failed", tag)
 		return false
@@ -691,14 +690,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	if !st.OK() {
 		up.Close()
 		log.Info().Str("status", st.Name).Msg("login refused by backend")
-		if d := ss.srv.failureDelay(ss.ip); d > 0 {
-			// Slow down guessing from this address; only this session waits.
-			select {
-			case <-time.After(d):
-			case <-ss.done:
-				return false
-			}
-		}
+		ss.srv.loginFailed(ss.ip)
 		ss.srv.Metrics.login(b.Name, "failed", time.Since(t0))
 		code := st.Code
 		if code == "" {
