@@ -5,8 +5,13 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+
+	"uidgate/upstream"
 )
 
 // TestPreauthTimeoutFromConnect: preauth_timeout runs from connect to
@@ -41,4 +46,71 @@ func TestPreauthTimeoutFromConnect(t *testing.T) {
 		t.Fatalf("a client sending NOOPs stayed %v with preauth_timeout 1s", took)
 	}
 	<-done
+}
+
+// TestTraceRedactsByPosition: at trace level, a line before login is
+// logged as tag and command word only unless the command is harmless, so
+// a password in a line that does not parse as expected stays out of the
+// log (issue 16: "a  LOGIN user secret" was logged whole).
+func TestTraceRedactsByPosition(t *testing.T) {
+	var logs safeBuffer
+	log := zerolog.New(&logs).Level(zerolog.TraceLevel)
+	srv := &Server{Logger: &log, Route: func(string) (*upstream.Backend, bool) { return nil, false }, MaxBadCommands: 10}
+	client, server := tcpPair(t)
+	defer client.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.ServeConn(context.Background(), server, Listener{})
+	}()
+	r := bufio.NewReader(client)
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	r.ReadString('\n')
+	for _, l := range []string{
+		"a  LOGIN user s3cret-1",
+		"b LOGIN user s3cret-2",
+		"c XLOGIN user s3cret-3",
+		"d\tLOGIN user s3cret-4",
+		"e AUTHENTICATE PLAIN s3cret-5",
+		"f NOOP",
+	} {
+		fmt.Fprintf(client, "%s\r\nsync NOOP\r\n", l)
+		for {
+			resp, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("%q: %v", l, err)
+			}
+			if strings.HasPrefix(resp, "+") {
+				fmt.Fprintf(client, "*\r\n") // cancel the exchange
+			}
+			if strings.HasPrefix(resp, "sync ") {
+				break
+			}
+		}
+	}
+	fmt.Fprintf(client, "z LOGOUT\r\n")
+	<-done
+	if strings.Contains(logs.String(), "s3cret") {
+		t.Fatalf("secret in the trace log:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `"C":"f NOOP"`) {
+		t.Fatalf("harmless commands not traced:\n%s", logs.String())
+	}
+}
+
+type safeBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *safeBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *safeBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -326,7 +326,7 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			continue
 		}
 		tag := string(cmd.Tag)
-		ss.traceCommand(line, cmd.Name)
+		ss.traceCommand(line, cmd.Name, false)
 		refusal := refused(cmd)
 		if _, lit := imapwire.TrailingLiteral(line); lit && takesNoArguments(cmd) {
 			// A literal after a command without arguments would reach the

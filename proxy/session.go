@@ -365,7 +365,7 @@ func (ss *session) preauth(ctx context.Context) bool {
 		}
 		name, _ := d.Atom()
 		t := string(tag)
-		ss.traceCommand(cmd, name)
+		ss.traceCommand(cmd, name, true)
 		switch {
 		case imapwire.EqualFold(name, "CAPABILITY") && d.EOL():
 			ss.sendf("* CAPABILITY %s", ss.preCaps())
@@ -536,9 +536,18 @@ func (ss *session) readPreauthCommand(buf []byte) ([]byte, error) {
 }
 
 // traceCommand logs a client command at trace level, never a password.
-func (ss *session) traceCommand(cmd, name []byte) {
+func (ss *session) traceCommand(cmd, name []byte, preauth bool) {
 	if e := ss.log.Trace(); e.Enabled() {
-		if imapwire.EqualFold(name, "LOGIN") || imapwire.EqualFold(name, "AUTHENTICATE") {
+		// Redaction by position, not by parse (issue 16: "a  LOGIN u p",
+		// two spaces, once went out whole): a line whose command word is
+		// not known harmless — before login, anything but CAPABILITY,
+		// NOOP, LOGOUT, STARTTLS and ID — is logged as tag and word only.
+		harmless := len(name) > 0 && !imapwire.EqualFold(name, "LOGIN") && !imapwire.EqualFold(name, "AUTHENTICATE")
+		if preauth {
+			harmless = harmless && (imapwire.EqualFold(name, "CAPABILITY") || imapwire.EqualFold(name, "NOOP") ||
+				imapwire.EqualFold(name, "LOGOUT") || imapwire.EqualFold(name, "STARTTLS") || imapwire.EqualFold(name, "ID"))
+		}
+		if !harmless {
 			e.Str("C", tagOf(cmd)+" "+strings.ToUpper(string(name))+" <redacted>").Send()
 			return
 		}
