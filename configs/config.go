@@ -177,8 +177,9 @@ type Limits struct {
 	// MaxConnectionsPerIP bounds client connections from one address;
 	// default 200.
 	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
-	// AuthFailureDelay is added per recent failed login from one address
-	// before the next failure is answered (up to 10s); default "1s".
+	// AuthFailureDelay: from an address with recent failed logins, the
+	// next login waits this per failure (up to 10s) before the backend
+	// checks its password, one login at a time; default "1s".
 	AuthFailureDelay Duration `toml:"auth_failure_delay"`
 	// DrainTimeout is how long a stopping uidgate waits for sessions to
 	// end after telling every client BYE; default "30s".
