@@ -5,6 +5,7 @@ import (
 	"flag"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 var (
 	stressLong     = flag.Duration("stress.duration", 10*time.Minute, "BenchmarkStress: run time per backend and target")
 	stressBackends = flag.String("stress.backends", "cyrus23,cyrus,dovecot", "BenchmarkStress: backends, comma-separated")
+	stressTargets  = flag.String("stress.targets", "direct,uidgate-legacy,uidgate-plain", "BenchmarkStress: targets, comma-separated")
 )
 
 // BenchmarkStress is the long run of the stress checker (issue 12): per
@@ -37,6 +39,9 @@ func BenchmarkStress(b *testing.B) {
 			plain := startGate(b, gateOpts{backend: upstream.Backend{Address: be.Addr, CyrusNamespace: cyrus}})
 			var direct float64
 			for _, target := range []struct{ name, addr string }{{"direct", be.Addr}, {"uidgate-legacy", legacy.Addr}, {"uidgate-plain", plain.Addr}} {
+				if !slices.Contains(strings.Split(*stressTargets, ","), target.name) {
+					continue
+				}
 				out, err := exec.Command(bin, "-addr", target.addr, "-mode", "stress", "-user", "alice", "-pass", testUsers["alice"],
 					"-sessions", "8", "-seed", "7", "-duration", stressLong.String(), "-max-time", (*stressLong + 5*time.Minute).String()).CombinedOutput()
 				line := strings.TrimSpace(string(out))
