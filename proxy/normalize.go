@@ -471,6 +471,14 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 		return ss.onTagged(rs, r, line, out)
 	}
 	// Untagged.
+	if !r.HasNum && len(r.Name) > 0 && (r.Name[0] >= '0' && r.Name[0] <= '9' || r.Name[0] == '-') {
+		// RFC 9051 §9: a message number is 1..2^32-1. A backend sending
+		// anything else ("* 4294967296 FETCH", "* -1 FETCH") has lost the
+		// protocol; relaying it would hand the client a number uidgate
+		// never translated (issue 16).
+		ss.backendProtocolError(rs, line)
+		return nil, true
+	}
 	sel := rs.sel
 	switch {
 	case imapwire.EqualFold(r.Name, "CAPABILITY"):
@@ -505,6 +513,14 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 		return ss.onSelecting(rs, sel, r, line)
 	}
 	return ss.onSelected(rs, sel, r, line, out)
+}
+
+// backendProtocolError ends the session: the backend sent what no IMAP
+// server may send, and uidgate cannot tell what it meant.
+func (ss *session) backendProtocolError(rs *relayState, line []byte) {
+	ss.log.Warn().Bytes("response", imapwire.TrimEOL(line[:min(len(line), traceMax)])).Msg("backend protocol error")
+	why := "[UNAVAILABLE] Backend protocol error"
+	rs.fatal.Store(&why)
 }
 
 // trackCounts keeps the EXISTS count for a session without a map.
@@ -1135,6 +1151,10 @@ func (ss *session) translateThread(sel *selection, r *imapwire.Response, line []
 		for j < len(rest) && rest[j] >= '0' && rest[j] <= '9' {
 			n = n*10 + uint64(rest[j]-'0')
 			j++
+			if n > math.MaxUint32 {
+				ss.backendProtocolError(ss.rs, line) // not a UID (RFC 9051 §9)
+				return b
+			}
 		}
 		if m, ok := sel.m.ClientMsgno(uint32(n)); ok {
 			b = appendUint(b, m)
