@@ -400,45 +400,7 @@ func (ss *session) resyncIfDirty(rs *relayState) error {
 	if err := ss.barrier(rs); err != nil || !dirty() {
 		return err
 	}
-	rs.mu.Lock()
-	cmd := rs.resyncCommandLocked(rs.sel)
-	rs.mu.Unlock()
-	return ss.inject(rs, injectResync, cmd)
-}
-
-// mustResyncAll marks the map dirty for a full resync: the backend
-// reported something other than arrivals (an EXPUNGE, a number without a
-// UID, a UID it never counted).
-func (sel *selection) mustResyncAll() {
-	sel.dirty, sel.fullResync = true, true
-}
-
-// resyncCommandLocked picks the cheapest query that tells a legacy
-// backend's changes (issue 15). After EXISTS alone (new messages, as
-// placeholders at the end of the map) it asks only for the UIDs above the
-// last known one; the answer must account for exactly those placeholders,
-// or the next command reads the whole list (endResyncList). Anything else
-// reads the whole list: a resync's cost then grows with the mailbox.
-func (rs *relayState) resyncCommandLocked(sel *selection) string {
-	sel.arrivals = nil
-	if sel == nil || sel.fullResync {
-		return searchAllCommand(rs)
-	}
-	first, floor := sel.m.UpstreamCount()+1, sel.m.MaxUID()
-	if f, last, fl, ok := sel.m.Unresolved(); ok {
-		if fl != floor || last-f+1 != sel.m.Unknown() || last != sel.m.UpstreamCount() {
-			return searchAllCommand(rs)
-		}
-		first = f
-	}
-	sel.arrivals = &arrivals{first: first, floor: floor, n: sel.m.Unknown()}
-	ret := ""
-	if rs.esearch {
-		ret = "RETURN (ALL) "
-	}
-	// RFC 9051 §6.4.4.1: "n:*" includes the last message even when its UID
-	// is below n; endResyncList keeps only UIDs above floor.
-	return "UID SEARCH " + ret + "UID " + itoa(int(floor)+1) + ":*"
+	return ss.inject(rs, injectResync, searchAllCommand(rs))
 }
 
 // onResponse handles the first line of a backend response: it updates the
@@ -583,9 +545,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 			sel.dirty = true
 		}
 		if _, err := sel.m.Exists(r.Num); err != nil {
-			if sel.legacy {
-				sel.mustResyncAll()
-			}
+			sel.dirty = sel.legacy
 			return nil, true
 		}
 		if b := ss.announce(rs, sel, out, nil); b != nil {
@@ -595,7 +555,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 	case r.HasNum && imapwire.EqualFold(r.Name, "EXPUNGE"):
 		if sel.legacy {
 			// Never trust a legacy backend's number: find out by UID.
-			sel.mustResyncAll()
+			sel.dirty = true
 			return nil, true
 		}
 		if _, err := sel.m.ExpungeUpstream(r.Num); err != nil {
@@ -623,7 +583,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		if set, err := parseUIDSet(rest); err == nil && !sel.legacy {
 			sel.m.Vanish(set)
 		} else {
-			sel.mustResyncAll()
+			sel.dirty = true
 		}
 		return nil, true
 	case imapwire.EqualFold(r.Name, "SEARCH") || imapwire.EqualFold(r.Name, "SORT"):
@@ -762,11 +722,6 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			}
 			return ss.finishSelect(rs, sel, out), false
 		case injectResync:
-			if sel.arrivals != nil {
-				// No list came for an arrivals-only resync.
-				sel.arrivals = nil
-				sel.listBad, sel.fullResync = true, true
-			}
 			// Clean, unless the list could not be read (endResyncList):
 			// then the next command resyncs again.
 			sel.dirty, sel.listBad = sel.listBad, false
@@ -854,7 +809,7 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		// (rs.sel gone) there is nothing left to learn.
 		sel.heldTag, sel.heldSeq = append(sel.heldTag[:0], fwd...), pc.seq
 		t := ss.injectTagLocked(rs, injectResync)
-		rs.toSend = append(rs.toSend[:0], t+" "+rs.resyncCommandLocked(sel)+"\r\n"...)
+		rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
 		return nil, true
 	}
 	var pre []byte
@@ -1006,7 +961,7 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 		}
 		if !ok {
 			if sel.legacy && uid > sel.m.MaxUID() {
-				sel.mustResyncAll() // a message it never counted with EXISTS
+				sel.dirty = true // a message it never counted with EXISTS
 			}
 			return nil, true
 		}
@@ -1014,7 +969,7 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	} else {
 		if sel.legacy {
 			// Without a UID a legacy number means nothing trustworthy.
-			sel.mustResyncAll()
+			sel.dirty = true
 			return nil, true
 		}
 		n, ok := sel.m.UpstreamToClient(r.Num)

@@ -102,12 +102,6 @@ type pendingCmd struct {
 	answering bool
 }
 
-// arrivals is what an arrivals-only resync expects: n new messages, the
-// first at upstream number first, all with UIDs above floor.
-type arrivals struct {
-	first, floor, n uint32
-}
-
 // selState is where a selection is in its life.
 type selState uint8
 
@@ -119,18 +113,14 @@ const (
 
 // selection is the selected mailbox with its msgno↔UID map.
 type selection struct {
-	m      *sessionmap.Map
-	legacy bool
-	state  selState
-	dirty  bool // legacy: resync by UID before the next command
-	// fullResync: what the backend reported needs the whole UID list; if
-	// not, a resync asks only for arrivals (resyncCommandLocked).
-	fullResync bool
-	arrivals   *arrivals // the arrivals-only resync in flight, if any
-	listBad    bool      // the resync's UID list was unreadable: stay dirty
-	loaded     bool      // the build's UID list arrived
-	held       [][]byte
-	heldOK     []byte
+	m       *sessionmap.Map
+	legacy  bool
+	state   selState
+	dirty   bool // legacy: resync by UID before the next command
+	listBad bool // the resync's UID list was unreadable: stay dirty
+	loaded  bool // the build's UID list arrived
+	held    [][]byte
+	heldOK  []byte
 	// heldTag: a client command's tagged answer held until the resync
 	// that learns, by UID, what the legacy backend expunged during it
 	// (heldSeq is that command's place in the sending order).

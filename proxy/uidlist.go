@@ -482,53 +482,15 @@ func (ss *session) endResyncList(rs *relayState, sel *selection, p *uidList) []b
 		return nil
 	}
 	ss.srv.Metrics.resync()
-	if a := sel.arrivals; a != nil {
-		sel.arrivals = nil
-		if !applyArrivals(sel, a, p.ranges.set) {
-			// It does not add up: something else changed too. The whole
-			// list is read before the next command.
-			ss.log.Debug().Msg("arrivals resync does not add up; full resync next")
-			sel.listBad, sel.fullResync = true, true
-			return nil
-		}
-		sel.dirty = false
-		var out []byte
-		return ss.announce(rs, sel, &out, nil)
-	}
 	st, err := sel.m.ResyncSet(p.ranges.set)
 	p.ranges.set = nil
 	ss.log.Debug().Uint32("expunged", st.Expunged).Uint32("added", st.Added).Uint32("resolved", st.Resolved).Msg("resync")
 	if err != nil {
 		ss.log.Warn().Err(err).Msg("resync conflict")
 	}
-	sel.dirty, sel.fullResync = false, false
+	sel.dirty = false
 	var out []byte
 	return ss.announce(rs, sel, &out, nil)
-}
-
-// applyArrivals gives the placeholders of an arrivals-only resync their
-// UIDs: those of set above a.floor, which must be exactly a.n, in order.
-func applyArrivals(sel *selection, a *arrivals, set imap.UIDSet) bool {
-	var n uint64
-	for _, r := range set {
-		lo, hi := max(uint64(r.Start), uint64(a.floor)+1), uint64(r.Stop)
-		if lo <= hi {
-			n += hi - lo + 1
-		}
-	}
-	if n != uint64(a.n) {
-		return false
-	}
-	at := a.first
-	for _, r := range set {
-		for u := max(uint64(r.Start), uint64(a.floor)+1); u <= uint64(r.Stop); u++ {
-			if sel.m.Resolve(at, uint32(u)) != nil {
-				return false
-			}
-			at++
-		}
-	}
-	return true
 }
 
 // readDiverted is ur.ReadLineDivert that gives back the client writer if
