@@ -307,6 +307,12 @@ func normalize(resp []string) []string {
 		r = dovecotTiming.ReplaceAllString(r, "")
 		r = capCode.ReplaceAllString(r, "[CAPABILITY …]")
 		r = strings.TrimRight(r, "\r\n ")
+		if f := strings.Fields(r); len(f) > 1 && f[1] == "BAD" && !strings.HasPrefix(r, "*") {
+			// uidgate sends a command in its UID form: a server that
+			// refuses it words the refusal differently ("Unrecognized UID
+			// subcommand" for MOVE on Cyrus 2.3). BAD is what counts.
+			r = f[0] + " BAD"
+		}
 		if strings.HasPrefix(r, "*") {
 			untagged = append(untagged, r)
 		} else {
@@ -399,6 +405,16 @@ func comparePipelined(t *testing.T, tg pipeTarget, cmds []string) {
 	}
 }
 
+// usesNumbers reports a command of the pool that names messages by number.
+func usesNumbers(c string) bool {
+	for _, p := range []string{"FETCH ", "STORE ", "COPY ", "MOVE ", "SEARCH 2:*"} {
+		if strings.HasPrefix(c, p) {
+			return true
+		}
+	}
+	return false
+}
+
 // forEachTarget runs f against each backend, in each mode of uidgate.
 func forEachTarget(t *testing.T, f func(t *testing.T, tg pipeTarget)) {
 	for _, kind := range allKinds {
@@ -433,8 +449,20 @@ func TestPipelinedRandom(t *testing.T) {
 		pool := append(slices.Clip(pipeCommands), randomExtra...)
 		for range sequences {
 			cmds := make([]string, 2+rng.IntN(7))
+			moved := false
 			for i := range cmds {
-				cmds[i] = pool[rng.IntN(len(pool))]
+				for {
+					cmds[i] = pool[rng.IntN(len(pool))]
+					// RFC 9051 §5.5: a client waits for a command that
+					// renumbers its own view (MOVE of message 1) before it
+					// uses numbers again; pipelined, their meaning is the
+					// server's guess (uidgate keeps the view they were
+					// written in).
+					if !moved || !usesNumbers(cmds[i]) {
+						break
+					}
+				}
+				moved = moved || strings.HasPrefix(cmds[i], "MOVE ")
 			}
 			comparePipelined(t, tg, cmds)
 		}

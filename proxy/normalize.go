@@ -722,9 +722,15 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			}
 			return ss.finishSelect(rs, sel, out), false
 		case injectResync:
-			// Clean, unless the list could not be read (endResyncList):
-			// then the next command resyncs again.
-			sel.dirty, sel.listBad = sel.listBad, false
+			// The list, when it came and could be read, cleaned the map
+			// (endResyncList). Still dirty: a list unreadable or missing,
+			// or EXPUNGE/EXISTS reported after the list (a backend that
+			// runs a command pipelined behind the resync at once, as
+			// Dovecot does): the next command resyncs again.
+			if sel.listBad {
+				sel.dirty = true
+			}
+			sel.listBad = false
 			if held := sel.heldTag; held != nil {
 				sel.heldTag = nil
 				var pre []byte

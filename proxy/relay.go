@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -333,6 +334,15 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		}
 		kind := kindOf(cmd)
 		ss.srv.Metrics.command(cmd.Name, cmd.UID, !cmd.UID && kind >= cmdFetch && kind <= cmdThread)
+		if ss.answersNameNewMessages(rs, kind, line) {
+			// Its results may name messages that a command still in flight
+			// brings (COPY into the selected mailbox, news at NOOP): the
+			// server would run it after them, so it waits for them and
+			// their UIDs are learned first, or they would be left out.
+			if err := ss.barrier(rs); err != nil {
+				return err
+			}
+		}
 		if kind != cmdLogout {
 			// A legacy backend's numbers are never trusted: after it
 			// reported EXPUNGE/EXISTS, learn the truth by UID first.
@@ -522,6 +532,36 @@ func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit i
 	n, err := ss.cr.CopyLiteral(ss.up.Conn)
 	ss.bytesIn.Add(n)
 	return err
+}
+
+// answersNameNewMessages reports whether a message-number command's answer
+// depends on messages other commands in flight may add: SEARCH, SORT and
+// THREAD results, and a set with "*" (the last message when the server
+// runs it). Only commands other than FETCH, STORE and the searches can
+// bring new messages (RFC 9051 §7.5.1 lets a server announce them then).
+func (ss *session) answersNameNewMessages(rs *relayState, kind cmdKind, line []byte) bool {
+	switch kind {
+	case cmdSearch, cmdSort, cmdThread:
+	case cmdFetch, cmdStore, cmdCopy, cmdMove:
+		if bytes.IndexByte(line, '*') < 0 {
+			return false
+		}
+	default:
+		return false
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if rs.sel == nil || rs.sel.state != selReady {
+		return false
+	}
+	for _, pc := range rs.tags {
+		switch pc.kind {
+		case cmdFetch, cmdStore, cmdSearch, cmdSort, cmdThread:
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // awaitContinuation waits for the backend's answer to a synchronizing
