@@ -34,7 +34,7 @@ const sessionEnd = 5 * time.Second
 // they share lock keys.
 func lifeGate(t *testing.T, backendAddr, faultAddr string, mem *locks.Memory) *gate {
 	logs := &syncBuffer{}
-	log := zerolog.New(logs).Level(zerolog.DebugLevel)
+	log := zerolog.New(logs).Level(zerolog.TraceLevel)
 	b := func(addr string) *upstream.Backend {
 		return &upstream.Backend{Name: "cyrus23", Address: addr, TLS: upstream.TLSNone, Legacy: true, ExplicitSeen: true, CyrusNamespace: true}
 	}
@@ -120,7 +120,11 @@ func TestClientGoneEndsSession(t *testing.T) {
 
 	// A pipelines a SELECT behind its unanswered STORE: a barrier wait.
 	a.send("a2 SELECT INBOX")
-	time.Sleep(100 * time.Millisecond) // let a2 reach the barrier; the test holds either way
+	// Traced once read whole; the session's next step is the barrier,
+	// and it reads nothing more from the client before it.
+	if !waitFor(sessionEnd, func() bool { return strings.Contains(g.Logs.String(), `"C":"a2 SELECT INBOX"`) }) {
+		t.Fatal("a2 never read")
+	}
 	a.c.Close()
 	if !waitFor(sessionEnd, func() bool { return active() == 0 }) {
 		t.Fatalf("state barrier: session outlived its client (%d active)", active())

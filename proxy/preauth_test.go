@@ -4,8 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,13 +14,12 @@ import (
 	"uidgate/upstream"
 )
 
-// TestPreauthTimeoutFromConnect: preauth_timeout runs from connect to
-// login; NOOPs meanwhile do not restart it (issue 16: a NOOP every 14 s
-// kept an anonymous connection 58 s with a 20 s timeout).
-func TestPreauthTimeoutFromConnect(t *testing.T) {
-	srv := &Server{PreauthTimeout: time.Second}
+// serveOne serves one client connection of srv over loopback and returns
+// the client's end, its reader past the greeting, and a channel closed
+// when the session has ended.
+func serveOne(t *testing.T, srv *Server) (net.Conn, *bufio.Reader, <-chan struct{}) {
 	client, server := tcpPair(t)
-	defer client.Close()
+	t.Cleanup(func() { client.Close() })
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -31,6 +30,14 @@ func TestPreauthTimeoutFromConnect(t *testing.T) {
 	if l, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(l, "* OK") {
 		t.Fatalf("greeting: %q %v", l, err)
 	}
+	return client, r, done
+}
+
+// TestPreauthTimeoutFromConnect: preauth_timeout runs from connect to
+// login; NOOPs meanwhile do not restart it (issue 16: a NOOP every 14 s
+// kept an anonymous connection 58 s with a 20 s timeout).
+func TestPreauthTimeoutFromConnect(t *testing.T) {
+	client, r, done := serveOne(t, &Server{PreauthTimeout: time.Second})
 	start := time.Now()
 	for i := 0; time.Since(start) < 5*time.Second; i++ {
 		if _, err := fmt.Fprintf(client, "n%d NOOP\r\n", i); err != nil {
@@ -53,19 +60,9 @@ func TestPreauthTimeoutFromConnect(t *testing.T) {
 // a password in a line that does not parse as expected stays out of the
 // log (issue 16: "a  LOGIN user secret" was logged whole).
 func TestTraceRedactsByPosition(t *testing.T) {
-	var logs safeBuffer
+	var logs logBuffer
 	log := zerolog.New(&logs).Level(zerolog.TraceLevel)
-	srv := &Server{Logger: &log, Route: func(string) (*upstream.Backend, bool) { return nil, false }, MaxBadCommands: 10}
-	client, server := tcpPair(t)
-	defer client.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.ServeConn(context.Background(), server, Listener{})
-	}()
-	r := bufio.NewReader(client)
-	client.SetReadDeadline(time.Now().Add(10 * time.Second))
-	r.ReadString('\n')
+	client, r, done := serveOne(t, &Server{Logger: &log, Route: func(string) (*upstream.Backend, bool) { return nil, false }, MaxBadCommands: 10})
 	for _, l := range []string{
 		"a  LOGIN user s3cret-1",
 		"b LOGIN user s3cret-2",
@@ -96,21 +93,4 @@ func TestTraceRedactsByPosition(t *testing.T) {
 	if !strings.Contains(logs.String(), `"C":"f NOOP"`) {
 		t.Fatalf("harmless commands not traced:\n%s", logs.String())
 	}
-}
-
-type safeBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *safeBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *safeBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
