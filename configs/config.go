@@ -137,6 +137,13 @@ type Backend struct {
 	// (other users' mailboxes under "user."); see rules.CanonicalMailbox.
 	// Default false.
 	CyrusNamespace bool `toml:"cyrus_namespace"`
+	// OutOfRange is how a FETCH, STORE, COPY or MOVE naming message
+	// numbers beyond the client's view is answered: "bad" (RFC 9051 §9,
+	// as Dovecot does), "ignore" (as Cyrus 2.3 and 3.x do: the numbers
+	// beyond are not named; none left gives FETCH/COPY/MOVE "NO No
+	// matching messages", STORE OK), or "auto" (default: "ignore" with
+	// cyrus_namespace, else "bad").
+	OutOfRange string `toml:"out_of_range"`
 }
 
 // Route is one routing rule; see rules.Route for the matching semantics.
@@ -200,6 +207,18 @@ type Serialization struct {
 	// take the user's seen lock, for backends that write session-cached
 	// \Seen state back at those points (Cyrus 2.3). Default false.
 	SelectTakesSeen bool `toml:"select_takes_seen"`
+}
+
+// IgnoreOutOfRange reports whether numbers beyond the view are answered
+// the Cyrus way (see OutOfRange).
+func (b Backend) IgnoreOutOfRange() bool {
+	switch b.OutOfRange {
+	case "ignore":
+		return true
+	case "bad":
+		return false
+	}
+	return b.CyrusNamespace
 }
 
 // ExplicitSeenOn reports whether explicit \Seen applies to b.
@@ -457,6 +476,9 @@ func (c *Config) Effective() *Config {
 		b.DialTimeout.Duration = b.DialTimeoutOrDefault()
 		if b.ExplicitSeen == "" {
 			b.ExplicitSeen = "auto"
+		}
+		if b.OutOfRange == "" {
+			b.OutOfRange = "auto"
 		}
 	}
 	l := &e.Limits

@@ -230,6 +230,9 @@ func (v *validator) backends() map[string]bool {
 		if es := b.ExplicitSeen; es != "" && es != "auto" && es != "on" && es != "off" {
 			v.add(k+".explicit_seen", "%q: want \"auto\", \"on\" or \"off\"", es)
 		}
+		if o := b.OutOfRange; o != "" && o != "auto" && o != "bad" && o != "ignore" {
+			v.add(k+".out_of_range", "%q: want \"auto\", \"bad\" or \"ignore\"", o)
+		}
 		mode := b.TLSModeOrDefault()
 		if !mode.valid() {
 			v.add(k+".tls", "%q: want \"none\", \"starttls\" or \"implicit\"", b.TLS)

@@ -32,8 +32,9 @@ const answerTimeout = 10 * time.Second
 // pipeConn is a raw IMAP client that reads responses whole, literals by
 // their announced length, and records them as a transcript.
 type pipeConn struct {
-	c net.Conn
-	r *bufio.Reader
+	c       net.Conn
+	r       *bufio.Reader
+	timeout time.Duration // answerTimeout if zero
 }
 
 func dialPipe(addr string) (*pipeConn, error) {
@@ -54,7 +55,11 @@ var literalAtEnd = regexp.MustCompile(`\{(\d+)\+?\}\r\n$`)
 // response reads one response; a literal is replaced by its length and a
 // digest of its bytes, so that transcripts compare bodies exactly.
 func (pc *pipeConn) response() (string, error) {
-	pc.c.SetReadDeadline(time.Now().Add(answerTimeout))
+	wait := answerTimeout
+	if pc.timeout > 0 {
+		wait = pc.timeout
+	}
+	pc.c.SetReadDeadline(time.Now().Add(wait))
 	var b strings.Builder
 	for {
 		line, err := pc.r.ReadString('\n')

@@ -40,7 +40,7 @@ var allKinds = []string{"cyrus23", "cyrus", "dovecot"}
 // Dovecot, a compliant server, as it is.
 func deployedBackend(kind, addr string) upstream.Backend {
 	cyrus := kind != "dovecot"
-	return upstream.Backend{Address: addr, Legacy: cyrus, ExplicitSeen: cyrus, CyrusNamespace: cyrus}
+	return upstream.Backend{Address: addr, Legacy: cyrus, ExplicitSeen: cyrus, CyrusNamespace: cyrus, IgnoreOutOfRange: cyrus}
 }
 
 // mailboxName gives a top-level mailbox name valid on the backend: Cyrus

@@ -112,7 +112,16 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 		}
 		rw := !sel.readOnly
 		res, err := rewriteCommand(&c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
-			return sel.m.ClientSeqToUIDs(set)
+			uids, err := sel.m.ClientSeqToUIDs(set)
+			if ss.ignoreOutOfRange && kind != cmdSearch && kind != cmdSort && kind != cmdThread && errors.As(err, new(*sessionmap.SeqError)) {
+				// Cyrus answers numbers beyond the mailbox as if they
+				// were not named (see outOfRange).
+				if set = clipSeqSet(set, sel.m.ClientCount()); len(set) == 0 {
+					return nil, errNoMatching
+				}
+				return sel.m.ClientSeqToUIDs(set)
+			}
+			return uids, err
 		}, rw && ss.explicitSeen, &b)
 		if err != nil {
 			rs.mu.Unlock()
@@ -121,6 +130,10 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 					return err
 				}
 				continue
+			}
+			if errors.Is(err, errNoMatching) {
+				ss.sendf("%s %s", tag, outOfRange(kind))
+				return nil
 			}
 			if answer, ok := seqErrAnswer(err); ok {
 				ss.sendf("%s %s", tag, answer)
@@ -400,7 +413,27 @@ func (ss *session) resyncIfDirty(rs *relayState) error {
 	if err := ss.barrier(rs); err != nil || !dirty() {
 		return err
 	}
+	rs.mu.Lock()
+	cmd, ok := flagFetch(rs.sel)
+	rs.mu.Unlock()
+	if ok {
+		if err := ss.inject(rs, injectFlags, cmd); err != nil {
+			return err
+		}
+	}
 	return ss.inject(rs, injectResync, searchAllCommand(rs))
+}
+
+// flagFetch takes the selection's flag candidates as a command that asks
+// their flags by UID; the answers reach the client as unsolicited FETCH
+// (RFC 9051 §7.5.2) in its own numbering.
+func flagFetch(sel *selection) (string, bool) {
+	if sel == nil || len(sel.flagCands) == 0 {
+		return "", false
+	}
+	cmd := "UID FETCH " + sel.flagCands.String() + " (FLAGS)"
+	sel.flagCands = nil
+	return cmd, true
 }
 
 // onResponse handles the first line of a backend response: it updates the
@@ -721,6 +754,13 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 				sel.m = nil
 			}
 			return ss.finishSelect(rs, sel, out), false
+		case injectFlags:
+			if sel.heldTag != nil {
+				// Before a held tagged answer: the resync comes next.
+				t := ss.injectTagLocked(rs, injectResync)
+				rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
+				return nil, true
+			}
 		case injectResync:
 			// The list, when it came and could be read, cleaned the map
 			// (endResyncList). Still dirty: a list unreadable or missing,
@@ -814,6 +854,11 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		// expunges wait for the next command instead; after UNSELECT
 		// (rs.sel gone) there is nothing left to learn.
 		sel.heldTag, sel.heldSeq = append(sel.heldTag[:0], fwd...), pc.seq
+		if cmd, ok := flagFetch(sel); ok {
+			t := ss.injectTagLocked(rs, injectFlags)
+			rs.toSend = append(rs.toSend[:0], t+" "+cmd+"\r\n"...)
+			return nil, true
+		}
 		t := ss.injectTagLocked(rs, injectResync)
 		rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
 		return nil, true
@@ -975,7 +1020,21 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	} else {
 		if sel.legacy {
 			// Without a UID a legacy number means nothing trustworthy.
+			// A flag change it reports is asked again by the UID the
+			// number had in uidgate's view of the backend (flagFetch):
+			// if the number was stale, another message's flags are
+			// reported, true as well, and this change is missed, never
+			// misplaced.
 			sel.dirty = true
+			if onlyFlags(line[listStart:]) {
+				if e, ok := sel.m.UpstreamAt(r.Num); ok && e.UID != 0 {
+					if len(sel.flagCands) < maxFlagCands {
+						sel.flagCands.AddNum(imap.UID(e.UID))
+					} else {
+						ss.log.Debug().Uint32("uid", e.UID).Msg("flag report dropped: too many pending")
+					}
+				}
+			}
 			return nil, true
 		}
 		n, ok := sel.m.UpstreamToClient(r.Num)
@@ -1005,13 +1064,20 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	}
 	if rename {
 		// RFC822 and RFC822.TEXT were fetched as BODY.PEEK[] and
-		// BODY.PEEK[TEXT] (explicit \Seen): answer with the names asked.
-		body = renameItem(body, "BODY[] ", "RFC822 ")
-		body = renameItem(body, "BODY[TEXT] ", "RFC822.TEXT ")
+		// BODY.PEEK[TEXT] (explicit \Seen): answer with the names asked,
+		// here and in the rest of the response, after its literals.
+		body = renameRFC822(body)
+		ss.renameCont = true
 	}
 	b = append(b, body...)
 	*out = b
 	return b, false
+}
+
+// renameRFC822 gives the items of a FETCH fetched for RFC822 and
+// RFC822.TEXT the names the client asked for.
+func renameRFC822(b []byte) []byte {
+	return renameItem(renameItem(b, "BODY[] ", "RFC822 "), "BODY[TEXT] ", "RFC822.TEXT ")
 }
 
 // renameItem replaces the FETCH item name from by to where it starts an

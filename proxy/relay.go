@@ -51,7 +51,12 @@ const (
 	injectResync             // UID SEARCH ALL for a legacy backend: diff
 	injectResolve            // UID FETCH n:* (UID): learn new messages' UIDs
 	injectSeen               // UID STORE +FLAGS (\Seen): explicit \Seen
+	injectFlags              // UID FETCH uids (FLAGS): legacy flag reports
 )
+
+// maxFlagCands bounds the UIDs remembered for a flag refetch; beyond it
+// the reports are dropped (and logged), not the session's memory.
+const maxFlagCands = 1024
 
 const (
 	// maxRewriteCommand bounds a command collected whole to be rewritten
@@ -119,9 +124,12 @@ type selection struct {
 	state   selState
 	dirty   bool // legacy: resync by UID before the next command
 	listBad bool // the resync's UID list was unreadable: stay dirty
-	loaded  bool // the build's UID list arrived
-	held    [][]byte
-	heldOK  []byte
+	// flagCands: legacy: UIDs the backend reported flag changes for by
+	// number alone; refetched by UID before the resync (flagFetch).
+	flagCands imap.UIDSet
+	loaded    bool // the build's UID list arrived
+	held      [][]byte
+	heldOK    []byte
 	// heldTag: a client command's tagged answer held until the resync
 	// that learns, by UID, what the legacy backend expunged during it
 	// (heldSeq is that command's place in the sending order).
@@ -835,8 +843,11 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 		literalOK := true
 		fwd := line
 		logoutDone := false
+		if midResponse && ss.renameCont {
+			fwd = renameRFC822(line)
+		}
 		if !midResponse {
-			dropping = false
+			dropping, ss.renameCont = false, false
 			resp, ok := imapwire.ParseResponse(line)
 			if ok {
 				var skip bool

@@ -525,7 +525,6 @@ func (w *searchWalker) key(depth int) error {
 	return nil
 }
 
-// seqErrAnswer is the tagged answer for a number the client may not use.
 // clipSeqSet keeps of set the numbers up to count ("*" being count).
 func clipSeqSet(set imap.SeqSet, count uint32) imap.SeqSet {
 	var out imap.SeqSet
@@ -548,6 +547,25 @@ func clipSeqSet(set imap.SeqSet, count uint32) imap.SeqSet {
 	return out
 }
 
+// errNoMatching: every number of a FETCH, STORE, COPY or MOVE is beyond
+// the client's view, and the backend is configured out_of_range = ignore.
+var errNoMatching = errors.New("no message numbers in the view")
+
+// outOfRange is Cyrus's answer (2.3 and 3.x alike) to a command whose
+// every message number is beyond the mailbox: Cyrus ignores numbers beyond
+// the last message (a partly-beyond set acts on the rest), answers FETCH,
+// COPY and MOVE "NO No matching messages" and STORE OK. uidgate answers
+// the same in front of it (out_of_range = ignore), so that clients written
+// against it keep working; otherwise BAD (seqErrAnswer), as RFC 9051 §9
+// recommends and Dovecot does.
+func outOfRange(kind cmdKind) string {
+	if kind == cmdStore {
+		return "OK Completed"
+	}
+	return "NO No matching messages"
+}
+
+// seqErrAnswer is the tagged answer for a number the client may not use.
 func seqErrAnswer(err error) (string, bool) {
 	var se *sessionmap.SeqError
 	if errors.As(err, &se) {

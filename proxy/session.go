@@ -61,15 +61,23 @@ type session struct {
 	// explicitSeen: non-PEEK body fetches go as .PEEK plus a STORE \Seen.
 	explicitSeen   bool
 	cyrusNamespace bool
-	uw             *flushWriter // to the backend, under upMu
-	upMu           sync.Mutex
-	done           chan struct{} // closed when the session is torn down
+	// ignoreOutOfRange: numbers beyond the view are answered as Cyrus
+	// does (outOfRange), not BAD.
+	ignoreOutOfRange bool
+	uw               *flushWriter // to the backend, under upMu
+	upMu             sync.Mutex
+	done             chan struct{} // closed when the session is torn down
 	// ctx ends with done (cancelled by closeAll), for waits that take a
 	// context.
 	ctx       context.Context
 	cancelCtx context.CancelFunc
 	closing   atomic.Bool
 	connMu    sync.Mutex // guards conn and up against closeAll from elsewhere
+
+	// renameCont: the FETCH response being relayed had RFC822 items
+	// fetched under other names; its lines after a literal are renamed
+	// too. Only the backend reader uses it.
+	renameCont bool
 
 	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
 	closeOnce         sync.Once
@@ -719,6 +727,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	ss.legacy = b.Legacy
 	ss.explicitSeen = b.ExplicitSeen
 	ss.cyrusNamespace = b.CyrusNamespace
+	ss.ignoreOutOfRange = b.IgnoreOutOfRange
 	ss.log = log
 	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
 	ss.srv.Metrics.login(b.Name, "ok", time.Since(t0))

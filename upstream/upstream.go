@@ -61,6 +61,9 @@ type Backend struct {
 	ExplicitSeen bool
 	// CyrusNamespace: mailbox names follow the Cyrus classic namespace.
 	CyrusNamespace bool
+	// IgnoreOutOfRange: message numbers beyond the client's view are
+	// answered as Cyrus does (not named) instead of BAD.
+	IgnoreOutOfRange bool
 	// ProxyProtocol, 1 or 2, sends a PROXY protocol header with the
 	// client's address first (HAProxy's spec); 0 sends none.
 	ProxyProtocol byte

@@ -110,16 +110,17 @@ func newRouting(c *configs.Config) (*routing, error) {
 			return nil, fmt.Errorf("backend %q: %w", b.Name, err)
 		}
 		backends[b.Name] = &upstream.Backend{
-			Name:           b.Name,
-			Address:        b.Address,
-			TLS:            upstream.TLSMode(b.TLSModeOrDefault()),
-			TLSConfig:      tc,
-			DialTimeout:    b.DialTimeoutOrDefault(),
-			Legacy:         b.Legacy,
-			ExplicitSeen:   b.ExplicitSeenOn(),
-			CyrusNamespace: b.CyrusNamespace,
-			ProxyProtocol:  b.ProxyProtocolVersion(),
-			SendClientID:   b.SendClientID,
+			Name:             b.Name,
+			Address:          b.Address,
+			TLS:              upstream.TLSMode(b.TLSModeOrDefault()),
+			TLSConfig:        tc,
+			DialTimeout:      b.DialTimeoutOrDefault(),
+			Legacy:           b.Legacy,
+			ExplicitSeen:     b.ExplicitSeenOn(),
+			CyrusNamespace:   b.CyrusNamespace,
+			IgnoreOutOfRange: b.IgnoreOutOfRange(),
+			ProxyProtocol:    b.ProxyProtocolVersion(),
+			SendClientID:     b.SendClientID,
 		}
 	}
 	return &routing{router: router, backends: backends}, nil
