@@ -707,6 +707,9 @@ func (cn confNormalizer) step(res confResult, v *confView) []string {
 		if strings.HasPrefix(line, "* FLAGS ") && selecting {
 			newView = true
 		}
+		if strings.HasPrefix(line, "* ID ") && cn.rule("rule:own-id") {
+			line = "* ID (…)"
+		}
 		if m := unseenCode.FindStringSubmatchIndex(line); m != nil {
 			n, _ := strconv.ParseUint(line[m[2]:m[3]], 10, 32)
 			line = line[:m[2]] + v.name(n) + line[m[3]:]
