@@ -424,6 +424,22 @@ func (ss *session) resyncIfDirty(rs *relayState) error {
 	return ss.inject(rs, injectResync, searchAllCommand(rs))
 }
 
+// lateLines appends to b the FETCH data held for messages the resync has
+// now announced, numbered in the client's view; data of a message that is
+// gone again is dropped.
+func (ss *session) lateLines(sel *selection, b []byte) []byte {
+	for _, l := range sel.late {
+		if n, ok := sel.m.ClientMsgno(l.uid); ok {
+			b = append(b, "* "...)
+			b = appendUint(b, n)
+			b = append(b, " FETCH ("...)
+			b = append(b, l.body...)
+		}
+	}
+	sel.late, sel.lateBytes = nil, 0
+	return b
+}
+
 // flagFetch takes the selection's flag candidates as a command that asks
 // their flags by UID; the answers reach the client as unsolicited FETCH
 // (RFC 9051 §7.5.2) in its own numbering.
@@ -778,10 +794,15 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 					pre = ss.releaseLines(rs, sel, new([]byte))
 				}
 				pre = ss.announce(rs, sel, new([]byte), pre)
+				pre = ss.lateLines(sel, pre)
 				return append(pre, held...), false
 			}
 		}
-		if b := ss.announce(rs, sel, out, nil); b != nil {
+		b := ss.announce(rs, sel, out, nil)
+		if pc.inject == injectResync {
+			b = ss.lateLines(sel, b)
+		}
+		if len(b) > 0 {
 			return b, false
 		}
 		return nil, true
@@ -1012,7 +1033,21 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 		}
 		if !ok {
 			if sel.legacy && uid > sel.m.MaxUID() {
-				sel.dirty = true // a message it never counted with EXISTS
+				// A message it never counted with EXISTS: the resync
+				// announces it, and then this data (RFC 9051 §7.5.2: a
+				// FETCH only for a message the client has).
+				sel.dirty = true
+				body := line[listStart:]
+				if uidStart >= 0 && !wantsUID {
+					body = append(append([]byte(nil), line[listStart:uidStart]...), line[uidEnd:]...)
+				}
+				if _, lit := imapwire.TrailingLiteral(line); !lit && !(uidStart >= 0 && !wantsUID && items == 1) && sel.lateBytes+len(body) <= maxLateBytes {
+					if rename {
+						body = renameRFC822(body)
+					}
+					sel.late = append(sel.late, lateFetch{uid: uid, body: append([]byte(nil), body...)})
+					sel.lateBytes += len(body)
+				}
 			}
 			return nil, true
 		}

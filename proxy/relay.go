@@ -54,6 +54,18 @@ const (
 	injectFlags              // UID FETCH uids (FLAGS): legacy flag reports
 )
 
+// lateFetch is one held FETCH response: the UID it is about and its item
+// list as the client will get it, from after "(".
+type lateFetch struct {
+	uid  uint32
+	body []byte
+}
+
+// maxLateBytes bounds the FETCH data a legacy session holds for messages
+// not yet announced; beyond it (or with a literal) such data is dropped,
+// and the client has the message's EXISTS but must fetch it again.
+const maxLateBytes = 64 << 10
+
 // maxFlagCands bounds the UIDs remembered for a flag refetch; beyond it
 // the reports are dropped (and logged), not the session's memory.
 const maxFlagCands = 1024
@@ -127,6 +139,11 @@ type selection struct {
 	// flagCands: legacy: UIDs the backend reported flag changes for by
 	// number alone; refetched by UID before the resync (flagFetch).
 	flagCands imap.UIDSet
+	// late: legacy: FETCH data of messages not yet counted (a UID FETCH
+	// reaching past the client's view); sent once the resync has
+	// announced them (lateLines). lateBytes bounds it.
+	late      []lateFetch
+	lateBytes int
 	loaded    bool // the build's UID list arrived
 	held      [][]byte
 	heldOK    []byte
