@@ -12,6 +12,8 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -97,7 +99,21 @@ func startGate(t testing.TB, o gateOpts) *gate {
 			t.Errorf("Serve returned %v", err)
 		}
 		if t.Failed() {
+			var serious []string
+			for _, l := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`) {
+					serious = append(serious, l)
+				}
+			}
+			t.Logf("uidgate log, warnings and errors:\n%s", tailString(strings.Join(serious, "\n"), 6000))
 			t.Logf("uidgate log (tail):\n%s", tailString(logs.String(), 6000))
+			if dir := os.Getenv("UIDGATE_TEST_LOGS"); dir != "" {
+				// The whole log, for a failure the tail does not explain.
+				name := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+				if err := os.WriteFile(name, []byte(logs.String()), 0o644); err == nil {
+					t.Logf("uidgate log written to %s", name)
+				}
+			}
 		}
 	})
 	return &gate{Addr: ln.Addr().String(), Srv: srv, Logs: logs}

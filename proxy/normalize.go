@@ -772,9 +772,8 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			return ss.finishSelect(rs, sel, out), false
 		case injectFlags:
 			if sel.heldTag != nil {
-				// Before a held tagged answer: the resync comes next.
-				t := ss.injectTagLocked(rs, injectResync)
-				rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
+				// Sent with the resync before a held tagged answer: its
+				// end releases it.
 				return nil, true
 			}
 		case injectResync:
@@ -875,13 +874,15 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		// expunges wait for the next command instead; after UNSELECT
 		// (rs.sel gone) there is nothing left to learn.
 		sel.heldTag, sel.heldSeq = append(sel.heldTag[:0], fwd...), pc.seq
+		rs.toSend = rs.toSend[:0]
 		if cmd, ok := flagFetch(sel); ok {
+			// Both go in one write, before anything the client pipelines
+			// behind (a LOGOUT must not overtake the held answer).
 			t := ss.injectTagLocked(rs, injectFlags)
-			rs.toSend = append(rs.toSend[:0], t+" "+cmd+"\r\n"...)
-			return nil, true
+			rs.toSend = append(rs.toSend, t+" "+cmd+"\r\n"...)
 		}
 		t := ss.injectTagLocked(rs, injectResync)
-		rs.toSend = append(rs.toSend[:0], t+" "+searchAllCommand(rs)+"\r\n"...)
+		rs.toSend = append(rs.toSend, t+" "+searchAllCommand(rs)+"\r\n"...)
 		return nil, true
 	}
 	var pre []byte
