@@ -70,9 +70,13 @@ type stressStats struct {
 	Violations int64 `json:"violations"`
 	// Stalls counts commands not answered within -stall.
 	Stalls int64 `json:"stalls"`
-	// FlagRaces counts STOREs of a flag other clients also change whose
-	// FETCH responses did not show the change: a race, not a violation.
+	// FlagRaces counts STOREs whose FETCH responses did not show the
+	// change, of a flag other clients also change or of a message some
+	// client saw expunged: a race, not a violation.
 	FlagRaces int64 `json:"flag_races,omitempty"`
+	// LateExists counts SEARCHes that named a message announced only
+	// after the SEARCH response, before the tagged answer (Cyrus 3 does).
+	LateExists int64 `json:"late_exists,omitempty"`
 	// ViolationList describes the first stressMaxReported violations.
 	ViolationList []violation `json:"violation_list,omitempty"`
 }
@@ -175,6 +179,11 @@ type stressCmd struct {
 	flagsSeen   bool // a FETCH FLAGS for storeN came
 	flagsMatch  bool // one of them showed the change
 
+	// SEARCH: the highest message number it named beyond the view, and
+	// that response; its EXISTS must come before the tagged answer.
+	searchMax  uint32
+	searchResp []byte
+
 	copied    int64 // COPY to the other mailbox: messages copied
 	sawExists bool  // SELECT, EXAMINE: its EXISTS came
 	idling    bool  // IDLE: "+" came
@@ -189,13 +198,25 @@ type stressShared struct {
 	box2      string
 	box2Count atomic.Int64 // messages in box2, as last seen plus copied since
 
-	commands, rounds, reconnects, flagRaces atomic.Int64
+	commands, rounds, reconnects, flagRaces, lateExists atomic.Int64
 
 	mu         sync.Mutex
 	violations int64
 	stalls     int64
 	reported   []violation
 	bodies     map[bodyKey]stressLit
+	// expunged: every message any client saw expunged. suspects: strict
+	// STOREs whose flag no FETCH showed; each is a race if its message
+	// was expunged (RFC 9051 §6.4.6 lets a server ignore a STORE to a
+	// message another session expunged), else a violation (settle).
+	expunged map[bodyKey]bool
+	suspects []suspect
+}
+
+// suspect is a strict STORE answered OK without its flag being shown.
+type suspect struct {
+	msg bodyKey
+	v   violation
 }
 
 // bodyKey names a message for good: RFC 3501 §2.3.1.1, a UID with its
@@ -211,6 +232,51 @@ func (sh *stressShared) violate(v violation, stall bool) {
 	}
 	if len(sh.reported) < stressMaxReported {
 		sh.reported = append(sh.reported, v)
+	}
+}
+
+// sawExpunge records that a client saw the message expunged.
+func (sh *stressShared) sawExpunge(validity, uid uint32) {
+	if validity == 0 || uid == 0 {
+		return
+	}
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if len(sh.expunged) < stressMaxBodies {
+		sh.expunged[bodyKey{validity, uid}] = true
+	}
+}
+
+// suspect defers a strict STORE's missing flag until the run's end.
+func (sh *stressShared) suspect(validity, uid uint32, v violation) {
+	sh.mu.Lock()
+	room := validity != 0 && uid != 0 && len(sh.suspects) < stressMaxBodies
+	if room {
+		sh.suspects = append(sh.suspects, suspect{bodyKey{validity, uid}, v})
+	}
+	sh.mu.Unlock()
+	if !room {
+		sh.violate(v, false)
+	}
+}
+
+// settle ends the run's suspects: a message some client saw expunged
+// makes a race; any other is a violation.
+func (sh *stressShared) settle() {
+	sh.mu.Lock()
+	sus := sh.suspects
+	sh.suspects = nil
+	var bad []violation
+	for _, s := range sus {
+		if sh.expunged[s.msg] {
+			sh.flagRaces.Add(1)
+		} else {
+			bad = append(bad, s.v)
+		}
+	}
+	sh.mu.Unlock()
+	for _, v := range bad {
+		sh.violate(v, false)
 	}
 }
 
@@ -352,7 +418,7 @@ func runStress(ctx context.Context, cfg *config) result {
 		errs.fill(&res)
 		return res
 	}
-	sh := &stressShared{cfg: cfg, box2: box2, bodies: make(map[bodyKey]stressLit)}
+	sh := &stressShared{cfg: cfg, box2: box2, bodies: make(map[bodyKey]stressLit), expunged: make(map[bodyKey]bool)}
 	sh.box2Count.Store(box2Count)
 
 	start := time.Now()
@@ -385,6 +451,7 @@ func runStress(ctx context.Context, cfg *config) result {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	sh.settle()
 	if derived && ctx.Err() == nil {
 		if err := deleteBoxes(ctx, cfg, box2); err != nil {
 			errs.add(fmt.Errorf("clean up: %w", err))
@@ -399,6 +466,7 @@ func runStress(ctx context.Context, cfg *config) result {
 	st.CommandsPerS = float64(st.Commands) / elapsed.Seconds()
 	st.Reconnects = sh.reconnects.Load()
 	st.FlagRaces = sh.flagRaces.Load()
+	st.LateExists = sh.lateExists.Load()
 	st.Violations, st.Stalls, st.ViolationList = sh.violations, sh.stalls, sh.reported
 	errs.fill(&res)
 	return res
@@ -989,10 +1057,18 @@ func (cl *stressClient) tagged(resp *stressResp) {
 				if !cmd.storeAdd {
 					verb = "without"
 				}
-				cl.violateCmd(cmd.String(), resp, fmt.Sprintf("answered OK, but no FETCH response for message %d showed it %s %s", cmd.storeN, verb, cmd.storeFlag))
+				v := violation{Client: cl.id, Command: cmd.String(), Response: report(resp.text),
+					Why: fmt.Sprintf("answered OK, but no FETCH response for message %d showed it %s %s, and no client saw it expunged", cmd.storeN, verb, cmd.storeFlag)}
+				cl.sh.suspect(cl.uidValidity, cl.view.uid(cmd.storeN), v)
 			} else {
 				cl.sh.flagRaces.Add(1)
 			}
+		}
+	case kSearch:
+		if cmd.searchMax > cl.view.count() {
+			cl.violateCmd(cmd.String(), &stressResp{text: cmd.searchResp}, fmt.Sprintf("SEARCH found message %d, but the client knows of %d messages, and no EXISTS announced it by the tagged answer", cmd.searchMax, cl.view.count()))
+		} else if cmd.searchMax > 0 {
+			cl.sh.lateExists.Add(1)
 		}
 	case kCopy:
 		if ok && cmd.copied > 0 {
@@ -1042,6 +1118,9 @@ func (cl *stressClient) untagged(resp *stressResp) {
 		if quietOnly {
 			cl.violate(resp, "EXPUNGE while only FETCH, STORE or SEARCH are in progress (RFC 3501 §7.4.1)")
 		}
+		if !cl.view.selecting {
+			cl.sh.sawExpunge(cl.uidValidity, cl.view.uid(num))
+		}
 		check(cl.view.expunge(num))
 	case hasNum && name == "FETCH":
 		if !p.SP() {
@@ -1072,10 +1151,18 @@ func (cl *stressClient) untagged(resp *stressResp) {
 		if i < 0 || cl.inflight[i].kind != kSearch {
 			return
 		}
+		cmd := cl.inflight[i]
 		for p.SP() {
 			n, ok := p.Number()
 			if !ok {
 				break
+			}
+			if n > cl.view.count() && n <= stressMaxView {
+				// Checked at the tagged answer: some servers (Cyrus 3)
+				// announce a message's EXISTS after the SEARCH naming it.
+				cmd.searchMax = max(cmd.searchMax, n)
+				cmd.searchResp = slices.Clone(resp.text)
+				continue
 			}
 			if why := cl.view.searchHit(n); why != "" {
 				cl.violate(resp, why)

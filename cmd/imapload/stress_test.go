@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,8 @@ type stressOut struct {
 	Reconnects    int64
 	Violations    int64
 	Stalls        int64
+	FlagRaces     int64       `json:"flag_races"`
+	LateExists    int64       `json:"late_exists"`
 	ViolationList []violation `json:"violation_list"`
 }
 
@@ -199,7 +202,10 @@ func TestStressFaults(t *testing.T) {
 		{"bad", "BAD"},
 		{"wrong-body", "a UID names one message"},
 		{"store-flags", "no FETCH response for message"},
+		{"store-uid", "and no client saw it expunged"},
+		{"store-gone", ""},
 		{"search-beyond", "SEARCH found message 9"},
+		{"search-late", ""},
 		{"dup-tag", "already answered"},
 		{"none", ""}, // and no LITERAL+: synchronizing literals
 	} {
@@ -211,6 +217,10 @@ func TestStressFaults(t *testing.T) {
 			if tc.want == "" {
 				if code != 0 || r.Violations != 0 || r.Errors != 0 || r.Commands < 50 {
 					t.Errorf("exit %d, %d errors (%s), %d commands, %d violations: %+v", code, r.Errors, r.FirstError, r.Commands, r.Violations, r.ViolationList)
+				}
+				// The tolerated deviations were met, not just absent.
+				if tc.fault == "store-gone" && r.FlagRaces == 0 || tc.fault == "search-late" && r.LateExists == 0 {
+					t.Errorf("%d flag races, %d late EXISTS: the case never arose", r.FlagRaces, r.LateExists)
 				}
 				return
 			}
@@ -241,7 +251,12 @@ func TestStressFaults(t *testing.T) {
 //	bad               SEARCH is answered BAD
 //	wrong-body        UID 1's body differs on every FETCH
 //	store-flags       STORE n is answered "* n FETCH (FLAGS ())"
+//	store-uid         the same, FETCH n tells message n's UID
+//	store-gone        the same, and message n is expunged at the next
+//	                  command that allows it, a new one appended: a race
 //	search-beyond     SEARCH finds message 9
+//	search-late       SEARCH finds a new message, whose EXISTS follows
+//	                  before the tagged answer (as Cyrus 3 does)
 //	dup-tag           NOOP is answered twice
 //	none              no fault, and no LITERAL+
 func startFaulty(t *testing.T, fault string) string {
@@ -289,6 +304,11 @@ func serveFaulty(c net.Conn, fault string) {
 	fmt.Fprintf(w, "* OK [CAPABILITY %s] faulty\r\n", caps)
 	w.Flush()
 	uid := 100
+	// store-uid, store-gone, search-late keep a mailbox: uids[n-1] is
+	// message n's UID; gone is a message to expunge, 0 if none.
+	uids := []int{1, 2, 3, 4, 5}
+	next, gone := 6, 0
+	model := fault == "store-uid" || fault == "store-gone" || fault == "search-late"
 	for {
 		line, err := readFaultyCommand(r, w)
 		if err != nil {
@@ -302,13 +322,25 @@ func serveFaulty(c net.Conn, fault string) {
 		}
 		tag, verb := f[0], strings.ToUpper(f[1])
 		status := "OK"
+		if gone > 0 && verb != "FETCH" && verb != "STORE" && verb != "SEARCH" && verb != "UID" {
+			// RFC 3501 §7.4.1: not during FETCH, STORE, SEARCH.
+			fmt.Fprintf(w, "* %d EXPUNGE\r\n", gone)
+			uids = append(uids[:gone-1], uids[gone:]...)
+			uids = append(uids, next)
+			next++
+			fmt.Fprintf(w, "* %d EXISTS\r\n", len(uids))
+			gone = 0
+		}
 		switch verb {
 		case "CAPABILITY":
 			fmt.Fprintf(w, "* CAPABILITY %s\r\n", caps)
 		case "SELECT", "EXAMINE":
-			fmt.Fprintf(w, "* 5 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n")
+			fmt.Fprintf(w, "* %d EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n", len(uids))
 		case "FETCH":
 			n, _, _ := strings.Cut(f[2], ":")
+			if k, err := strconv.Atoi(n); model && err == nil && k >= 1 && k <= len(uids) {
+				fmt.Fprintf(w, "* %d FETCH (UID %d)\r\n", k, uids[k-1])
+			}
 			switch fault {
 			case "expunge-in-fetch":
 				fmt.Fprintf(w, "* 1 EXPUNGE\r\n")
@@ -320,8 +352,12 @@ func serveFaulty(c net.Conn, fault string) {
 				fmt.Fprintf(w, "* 1 FETCH (UID 1 BODY[] {%d}\r\n%d)\r\n", len(fmt.Sprint(uid)), uid)
 			}
 		case "STORE":
-			if fault == "store-flags" {
+			switch k, _ := strconv.Atoi(f[2]); {
+			case fault == "store-flags" || fault == "store-uid" || fault == "store-gone" && k == gone:
 				fmt.Fprintf(w, "* %s FETCH (FLAGS ())\r\n", f[2])
+			case fault == "store-gone" && gone == 0 && k >= 1 && k <= len(uids):
+				fmt.Fprintf(w, "* %s FETCH (FLAGS ())\r\n", f[2])
+				gone = k
 			}
 		case "SEARCH":
 			switch fault {
@@ -329,6 +365,10 @@ func serveFaulty(c net.Conn, fault string) {
 				status = "BAD"
 			case "search-beyond":
 				fmt.Fprintf(w, "* SEARCH 2 9\r\n")
+			case "search-late":
+				uids = append(uids, next)
+				next++
+				fmt.Fprintf(w, "* SEARCH 2 %d\r\n* %d EXISTS\r\n", len(uids), len(uids))
 			}
 		case "IDLE":
 			fmt.Fprintf(w, "+ idling\r\n")

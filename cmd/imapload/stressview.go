@@ -26,6 +26,14 @@ type stressView struct {
 
 func (v *stressView) count() uint32 { return uint32(len(v.uids)) }
 
+// uid returns message n's UID, 0 if not learnt or n is not in the view.
+func (v *stressView) uid(n uint32) uint32 {
+	if n == 0 || n > v.count() {
+		return 0
+	}
+	return v.uids[n-1]
+}
+
 // reset starts a SELECT.
 func (v *stressView) reset() {
 	v.selecting = true
