@@ -458,6 +458,7 @@ func flagFetch(sel *selection) (string, bool) {
 func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte, out *[]byte) (fwd []byte, skip bool) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	defer ss.leaveIdle(rs)
 	switch r.Kind {
 	case imapwire.RespContinuation:
 		if rs.litWait != "" {
@@ -465,6 +466,14 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 			rs.litWait = ""
 			rs.litCh <- true
 			return line, !pass
+		}
+		if rs.idleTag != "" && rs.idleCycle == idleReentering {
+			// The backend idles again; the client had its "+" long ago.
+			// If the client's DONE came meanwhile, its goroutine, waiting
+			// for this, sends it now.
+			rs.idleTag, rs.idleCycle, rs.idling = "", idleOn, true
+			rs.cond.Broadcast()
+			return nil, true
 		}
 		if rs.idleTag != "" {
 			rs.idleTag = ""
@@ -524,6 +533,36 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 		return ss.onSelecting(rs, sel, r, line)
 	}
 	return ss.onSelected(rs, sel, r, line, out)
+}
+
+// leaveIdle ends a legacy backend's IDLE when it reported what only a
+// resync by UID can place (an EXPUNGE, a flag change by number: its
+// numbers are never trusted), so that the idling client hears it at once
+// (RFC 9051 §6.3.13), as it would from the server: uidgate sends DONE,
+// and at IDLE's tagged answer the resync and a new IDLE (onTagged). The
+// client's own DONE, if it comes meanwhile, is not sent (clientToUpstream).
+func (ss *session) leaveIdle(rs *relayState) {
+	sel := rs.sel
+	if !rs.idling || rs.idleCycle != idleOn || sel == nil || !sel.legacy || sel.state != selReady || !sel.dirty {
+		return
+	}
+	rs.idling, rs.idleCycle = false, idleLeaving
+	rs.toSend = append(rs.toSend, "DONE\r\n"...)
+}
+
+// reenterIdle handles the tagged answer of the IDLE uidgate left itself:
+// the resync (with the flag refetch) and IDLE again go in one write; the
+// record stays, for the answer that ends the client's IDLE.
+func (ss *session) reenterIdle(rs *relayState, sel *selection, tag string, pc pendingCmd) {
+	rs.tags[tag] = pc
+	rs.idleCycle, rs.idleTag = idleReentering, tag
+	if cmd, ok := flagFetch(sel); ok {
+		t := ss.injectTagLocked(rs, injectFlags)
+		rs.toSend = append(rs.toSend, t+" "+cmd+"\r\n"...)
+	}
+	t := ss.injectTagLocked(rs, injectResync)
+	rs.toSend = append(rs.toSend, t+" "+searchAllCommand(rs)+"\r\n"...)
+	rs.toSend = append(rs.toSend, tag+" IDLE\r\n"...)
 }
 
 // backendProtocolError ends the session: the backend sent what no IMAP
@@ -744,6 +783,15 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 	}
 	sel := rs.sel
 	ok := imapwire.EqualFold(r.Name, "OK")
+	if pc.kind == cmdIdle && rs.idleCycle != idleOn {
+		if rs.idleCycle == idleLeaving && ok && !rs.idleDone && sel != nil {
+			ss.reenterIdle(rs, sel, tag, pc)
+			return nil, true
+		}
+		// The client's DONE came, or the backend ended IDLE: the answer
+		// goes to the client, after the resync if one is due (below).
+		rs.idleCycle = idleOn
+	}
 	if pc.release != nil {
 		pc.release()
 	}
@@ -797,7 +845,13 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 				return append(pre, held...), false
 			}
 		}
-		b := ss.announce(rs, sel, out, nil)
+		var pre []byte
+		if pc.inject == injectResync && rs.idleCycle == idleReentering && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, rs.seqN) {
+			// The client idles: what the resync learned goes out now
+			// (RFC 9051 §6.3.13, §7.5.1).
+			pre = ss.releaseLines(rs, sel, new([]byte))
+		}
+		b := ss.announce(rs, sel, out, pre)
 		if pc.inject == injectResync {
 			b = ss.lateLines(sel, b)
 		}
@@ -846,7 +900,8 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		if rs.idleTag == tag {
 			rs.idleTag = ""
 		}
-		rs.idling = false
+		rs.idling, rs.idleDone = false, false
+		rs.cond.Broadcast()
 	case cmdLogout:
 		rs.byeSeen = true
 		rs.logoutTag = tag

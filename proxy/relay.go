@@ -157,6 +157,16 @@ type selection struct {
 	validity uint32 // UIDVALIDITY announced by the SELECT
 }
 
+// idleCycle is where uidgate is in leaving and re-entering a legacy
+// backend's IDLE while the client idles.
+type idleCycle int
+
+const (
+	idleOn         idleCycle = iota // no cycle: the backend idles for the client
+	idleLeaving                     // DONE sent, IDLE's tagged answer awaited
+	idleReentering                  // resync and IDLE sent, "+" awaited
+)
+
 // litDecision is the backend's answer to a synchronizing literal sent to a
 // backend without LITERAL+: go on, or the command was refused.
 type litDecision bool
@@ -173,6 +183,11 @@ type relayState struct {
 	prevSel  *selection
 	idleTag  string // IDLE sent, continuation not yet seen
 	idling   bool   // backend said "+": the next client line is DONE
+	// idleCycle: legacy: uidgate left the backend's IDLE to learn by UID
+	// what it reported, and idles again (leaveIdle); the client idles on.
+	// idleDone: the client's DONE came meanwhile, and was not sent.
+	idleCycle idleCycle
+	idleDone  bool
 	// litWait, when set, is the tag of a command whose synchronizing
 	// literal waits for the backend's "+"; litPass says whether that "+"
 	// goes to the client (it sent a synchronizing literal itself).
@@ -323,7 +338,27 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 		rs.mu.Lock()
 		idling := rs.idling
 		rs.idling = false
+		cycling := rs.idleCycle != idleOn && !rs.idleDone
+		if cycling {
+			rs.idleDone = true
+		}
 		rs.mu.Unlock()
+		if cycling {
+			// uidgate ended the backend's IDLE itself (leaveIdle): nothing
+			// goes upstream until the cycle ends; then this DONE ends the
+			// backend's new IDLE, or, if the cycle ended with IDLE's
+			// answer, is not sent at all.
+			if err := ss.waitState(rs, func() bool { return rs.idleCycle == idleOn }); err != nil {
+				return err
+			}
+			rs.mu.Lock()
+			idling = rs.idling
+			rs.idling = false
+			rs.mu.Unlock()
+			if !idling {
+				continue
+			}
+		}
 		if idling {
 			// RFC 9051 §6.3.13: the line after "+" ends IDLE ("DONE").
 			if err := ss.writeUp(line, true); err != nil {

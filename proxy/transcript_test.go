@@ -33,6 +33,7 @@ import (
 //	@maxliteral: n  the server's literal bound
 //	@maxline: n     the server's line bound
 //	@legacy         the backend is marked legacy (numbers never trusted)
+//	@pause: d       wait d (a Go duration) before the next line
 //	# comment
 //
 // Text may use \r, \n, \t, \\ and \xHH escapes; a line ending in "\c"
@@ -246,6 +247,16 @@ func runTranscript(t *testing.T, file string) {
 		}
 		if l == "@accept" {
 			tr.acceptBackend()
+			continue
+		}
+		if v, ok := strings.CutPrefix(l, "@pause: "); ok {
+			// Lets uidgate read what the client sent before the backend
+			// speaks: for cases where which comes first is the point.
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				tr.fatalf("bad pause %q", v)
+			}
+			time.Sleep(d)
 			continue
 		}
 		who, text, ok := strings.Cut(l, ": ")
