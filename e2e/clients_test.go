@@ -11,8 +11,6 @@ import (
 	"testing"
 
 	"github.com/emersion/go-imap/v2"
-
-	"uidgate/upstream"
 )
 
 // pyClient is a Python imaplib session: LOGIN or AUTHENTICATE PLAIN,
@@ -117,15 +115,21 @@ print("ok")
 	return string(out)
 }
 
-// TestMbsync syncs a maildir both ways through uidgate against Dovecot
-// with isync's mbsync, and checks the messages round-trip byte for byte.
+// TestMbsync syncs a maildir both ways through uidgate against each real
+// server, in its deployed configuration, with isync's mbsync, and checks
+// the messages round-trip byte for byte. mbsync prefixes folder names with
+// the server's personal NAMESPACE ("INBOX." on Cyrus), so its
+// configuration is the same for all.
 func TestMbsync(t *testing.T) {
-	checkNoLeaks(t)
 	if _, err := exec.LookPath("mbsync"); err != nil {
 		t.Fatalf("mbsync not installed (run .ci/install-deps): %v", err)
 	}
-	be := startBackend(t, "dovecot")
-	g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr}})
+	eachKind(t, allKinds, testMbsync)
+}
+
+func testMbsync(t *testing.T, kind string) {
+	be := startBackend(t, kind)
+	g := startGate(t, gateOpts{backend: deployedBackend(kind, be.Addr)})
 	dir := t.TempDir()
 	local := filepath.Join(dir, "local") + "/"
 	for _, sub := range []string{"INBOX", "Work"} {
@@ -184,7 +188,7 @@ SyncState *
 	// The server now holds the three messages, byte for byte.
 	d := login(t, be.Addr, "alice")
 	got := map[string][]byte{}
-	for _, box := range []string{"INBOX", "Work"} {
+	for _, box := range []string{"INBOX", mailboxName(kind, "Work")} {
 		if _, err := d.Select(box, nil).Wait(); err != nil {
 			t.Fatalf("select %s: %v", box, err)
 		}

@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -38,23 +40,38 @@ func freePort(t *testing.T) string {
 }
 
 // TestServeBinary runs `uidgate serve -config FILE` as a process in front
-// of Dovecot, logs in through it with a routed user, and stops it with
-// SIGTERM: the client gets BYE, the process exits 0, and its JSON log has
-// session lines without the password.
+// of each real server, configured as deployed, logs in through it with a
+// routed user, and stops it with SIGTERM: the client gets BYE, the process
+// exits 0, and its JSON log has session lines without the password.
 func TestServeBinary(t *testing.T) {
-	checkNoLeaks(t)
 	bin := buildUidgate(t)
-	be := startBackend(t, "dovecot")
+	eachKind(t, allKinds, func(t *testing.T, kind string) { testServeBinary(t, bin, kind) })
+}
+
+// backendTOML is deployedBackend(kind, addr) as a [[backend]] table of
+// uidgate's configuration file, named kind.
+func backendTOML(kind, addr string) string {
+	b := deployedBackend(kind, addr)
+	seen, outOfRange := "off", "bad"
+	if b.ExplicitSeen {
+		seen = "on"
+	}
+	if b.IgnoreOutOfRange {
+		outOfRange = "ignore"
+	}
+	return fmt.Sprintf("[[backend]]\nname = %q\naddress = %q\nlegacy = %t\nexplicit_seen = %q\ncyrus_namespace = %t\nout_of_range = %q\n",
+		kind, addr, b.Legacy, seen, b.CyrusNamespace, outOfRange)
+}
+
+func testServeBinary(t *testing.T, bin, kind string) {
+	be := startBackend(t, kind)
 	listen, metricsAddr := freePort(t), freePort(t)
 	cfg := filepath.Join(t.TempDir(), "uidgate.toml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`
 [[listener]]
 address = %q
 
-[[backend]]
-name = "dovecot"
-address = %q
-
+%s
 [[backend]]
 name = "nowhere"
 address = "127.0.0.1:1"
@@ -70,14 +87,14 @@ backend = "nowhere"
 
 [[route]]
 default = true
-backend = "dovecot"
+backend = %q
 
 [log]
 level = "debug"
 
 [metrics]
 address = %q
-`, listen, be.Addr, metricsAddr)), 0o600)
+`, listen, backendTOML(kind, be.Addr), kind, metricsAddr)), 0o600)
 
 	logs := &syncBuffer{}
 	cmd := exec.Command(bin, "serve", "-config", cfg)
@@ -85,8 +102,12 @@ address = %q
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var exitErr error
+	go func() {
+		exitErr = cmd.Wait()
+		close(exited)
+	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		select {
@@ -125,18 +146,38 @@ address = %q
 		t.Errorf("unreachable backend answered %q", l)
 	}
 	fmt.Fprintf(conn, "a2 LOGIN alice %s\r\n", testUsers["alice"])
-	if l := read(); !strings.HasPrefix(l, "a2 OK [CAPABILITY IMAP4rev1") {
+	// The backend's capabilities, filtered: Cyrus 2.3 lists IMAP4 first.
+	l := read()
+	caps, ok := strings.CutPrefix(l, "a2 OK [CAPABILITY ")
+	caps, _, _ = strings.Cut(caps, "]")
+	if !ok || !slices.Contains(strings.Fields(caps), "IMAP4rev1") {
 		t.Fatalf("login answered %q", l)
 	}
 	fmt.Fprintf(conn, "a3 SELECT INBOX\r\n")
 	for l := read(); !strings.HasPrefix(l, "a3 "); l = read() {
 	}
+	// A delivery to the selected mailbox: a legacy backend's EXISTS makes
+	// uidgate resync by UID before the next command (counted below), so
+	// the metric shows the file's legacy = true reached the session.
+	be.Deliver(t, "alice", message("through the binary", 500))
+	fmt.Fprintf(conn, "a4 NOOP\r\n")
+	for l := read(); !strings.HasPrefix(l, "a4 "); l = read() {
+	}
+	fmt.Fprintf(conn, "a5 FETCH 1 (UID FLAGS)\r\n")
+	var fetched bool
+	for l := read(); !strings.HasPrefix(l, "a5 "); l = read() {
+		fetched = fetched || strings.HasPrefix(l, "* 1 FETCH (")
+	}
+	if !fetched {
+		t.Errorf("FETCH 1 after a delivery: no data")
+	}
 	// Operations endpoint: health, readiness, and the metrics of what just
 	// happened.
+	legacy := deployedBackend(kind, be.Addr).Legacy
 	for path, want := range map[string]string{
 		"/healthz": "ok",
 		"/readyz":  "ready",
-		"/metrics": `uidgate_logins_total{backend="dovecot",result="ok"} 1`,
+		"/metrics": fmt.Sprintf(`uidgate_logins_total{backend=%q,result="ok"} 1`, kind),
 	} {
 		resp, err := http.Get("http://" + metricsAddr + path)
 		if err != nil {
@@ -146,6 +187,12 @@ address = %q
 		resp.Body.Close()
 		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
 			t.Errorf("GET %s: %d, want %q in:\n%s", path, resp.StatusCode, want, tailString(string(body), 3000))
+		}
+		if path != "/metrics" {
+			continue
+		}
+		if n, ok := metricValue(string(body), "uidgate_resyncs_total"); !ok || (n > 0) != legacy {
+			t.Errorf("GET /metrics: uidgate_resyncs_total = %v (found %t) with legacy = %t", n, ok, legacy)
 		}
 	}
 	// SIGHUP with a broken file: logged, the running configuration kept.
@@ -166,17 +213,16 @@ address = %q
 	hup("reload failed")
 	// SIGHUP routing everyone to the unreachable backend: new logins fail,
 	// the open session goes on with its backend.
-	os.WriteFile(cfg, bytes.Replace(orig, []byte("default = true\nbackend = \"dovecot\""), []byte("default = true\nbackend = \"nowhere\""), 1), 0o600)
+	os.WriteFile(cfg, bytes.Replace(orig, []byte(fmt.Sprintf("default = true\nbackend = %q", kind)), []byte("default = true\nbackend = \"nowhere\""), 1), 0o600)
 	hup("configuration reloaded")
-	fmt.Fprintf(conn, "a4 NOOP\r\n")
-	if l := read(); !strings.HasPrefix(l, "a4 OK") {
+	fmt.Fprintf(conn, "a6 NOOP\r\n")
+	if l := read(); !strings.HasPrefix(l, "a6 OK") {
 		t.Errorf("open session after reload: %q", l)
 	}
 	c2, err := net.Dial("tcp", listen)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c2.Close()
 	r2 := bufio.NewReader(c2)
 	c2.SetReadDeadline(time.Now().Add(20 * time.Second))
 	r2.ReadString('\n')
@@ -184,6 +230,9 @@ address = %q
 	if l, _ := r2.ReadString('\n'); !strings.HasPrefix(l, "b1 NO [UNAVAILABLE]") {
 		t.Errorf("login after reload to an unreachable backend: %q", l)
 	}
+	// Done with it: a client still connected holds the drain for its
+	// BYE linger.
+	c2.Close()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -191,15 +240,15 @@ address = %q
 		t.Errorf("on SIGTERM the client got %q, want BYE", l)
 	}
 	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("uidgate exited with %v\n%s", err, logs.String())
+	case <-exited:
+		if exitErr != nil {
+			t.Errorf("uidgate exited with %v\n%s", exitErr, logs.String())
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatalf("uidgate did not exit after SIGTERM")
 	}
 	out := logs.String()
-	for _, want := range []string{`"message":"session end"`, `"user":"alice"`, `"backend":"dovecot"`, `"bytes_in"`, `"message":"listening"`} {
+	for _, want := range []string{`"message":"session end"`, `"user":"alice"`, `"backend":"` + kind + `"`, `"bytes_in"`, `"message":"listening"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %s:\n%s", want, out)
 		}
@@ -207,6 +256,17 @@ address = %q
 	if strings.Contains(out, testUsers["alice"]) {
 		t.Errorf("password in log")
 	}
+}
+
+// metricValue finds an unlabelled sample in a Prometheus text exposition.
+func metricValue(exposition, name string) (float64, bool) {
+	for _, l := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // TestCheckConfig: the effective config for a good file, every error with

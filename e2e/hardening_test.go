@@ -115,12 +115,17 @@ func (fp *faultProxy) resume() {
 }
 
 // hardGate runs uidgate with alice routed through a fault proxy and bob
-// straight to the backend: bob is the bystander who must not notice.
-func hardGate(t *testing.T, backendAddr, faultAddr string, idle time.Duration) (*gate, *syncBuffer) {
+// straight to the backend, both in kind's deployed configuration: bob is
+// the bystander who must not notice.
+func hardGate(t *testing.T, kind, backendAddr, faultAddr string, idle time.Duration) (*gate, *syncBuffer) {
 	logs := &syncBuffer{}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel)
-	faulty := &upstream.Backend{Name: "faulty", Address: faultAddr, TLS: upstream.TLSNone}
-	direct := &upstream.Backend{Name: "direct", Address: backendAddr, TLS: upstream.TLSNone}
+	b := func(name, addr string) *upstream.Backend {
+		be := deployedBackend(kind, addr)
+		be.Name, be.TLS = name, upstream.TLSNone
+		return &be
+	}
+	faulty, direct := b("faulty", faultAddr), b("direct", backendAddr)
 	srv := &proxy.Server{
 		Route: func(user string) (*upstream.Backend, bool) {
 			if user == "alice" {
@@ -155,7 +160,16 @@ func rawLogin(t *testing.T, addr, user string) *rawConn {
 	return rc
 }
 
-// expectEnd reads until the connection ends and returns what came.
+// status is the status word of a tagged response line: OK, NO or BAD.
+func status(tagged string) string {
+	f := strings.Fields(tagged)
+	if len(f) < 2 {
+		return tagged
+	}
+	return f[1]
+}
+
+// rest reads until the connection ends and returns what came.
 func (rc *rawConn) rest(limit int) string {
 	rc.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	b, _ := io.ReadAll(io.LimitReader(rc.r, int64(limit)))
@@ -165,12 +179,16 @@ func (rc *rawConn) rest(limit int) string {
 // TestBackendFaults: a backend that dies mid-FETCH, mid-APPEND or during
 // IDLE, or stalls. The client gets BYE (or, inside a literal, a closed
 // connection), never a success for what did not happen; the bystander
-// session on another backend connection goes on; nothing leaks.
+// session on another backend connection goes on; nothing leaks. On each
+// real server, in its deployed configuration.
 func TestBackendFaults(t *testing.T) {
-	checkNoLeaks(t)
-	be := startBackend(t, "dovecot")
+	eachKind(t, allKinds, testBackendFaults)
+}
+
+func testBackendFaults(t *testing.T, kind string) {
+	be := startBackend(t, kind)
 	fp := newFaultProxy(t, be.Addr)
-	g, logs := hardGate(t, be.Addr, fp.ln.Addr().String(), time.Minute)
+	g, logs := hardGate(t, kind, be.Addr, fp.ln.Addr().String(), time.Minute)
 	bob := rawLogin(t, g.Addr, "bob")
 	bystander := func(step string) {
 		t.Helper()
@@ -230,7 +248,7 @@ func TestBackendFaults(t *testing.T) {
 		bystander("idle")
 	})
 	t.Run("stall", func(t *testing.T) {
-		g2, _ := hardGate(t, be.Addr, fp.ln.Addr().String(), time.Second)
+		g2, _ := hardGate(t, kind, be.Addr, fp.ln.Addr().String(), time.Second)
 		a := rawLogin(t, g2.Addr, "alice")
 		fp.hang()
 		defer fp.resume()
@@ -250,11 +268,15 @@ func TestBackendFaults(t *testing.T) {
 }
 
 // TestBadInput: hostile or broken input through a live uidgate in front
-// of Dovecot is answered as documented and touches no other session.
+// of each real server, in its deployed configuration, is answered as
+// documented and touches no other session.
 func TestBadInput(t *testing.T) {
-	checkNoLeaks(t)
-	be := startBackend(t, "dovecot")
-	g, logs := hardGate(t, be.Addr, be.Addr, time.Minute)
+	eachKind(t, allKinds, testBadInput)
+}
+
+func testBadInput(t *testing.T, kind string) {
+	be := startBackend(t, kind)
+	g, logs := hardGate(t, kind, be.Addr, be.Addr, time.Minute)
 	bob := rawLogin(t, g.Addr, "bob")
 	bob.send("b0 SELECT INBOX")
 	bob.until("b0")
@@ -316,16 +338,27 @@ func TestBadInput(t *testing.T) {
 		bystander("literal-close")
 	})
 	t.Run("nul-and-invalid-utf8", func(t *testing.T) {
+		// Neither line is valid (RFC 9051 §9: CHAR8 excludes NUL; a
+		// quoted string without CHARSET is US-ASCII), and the servers
+		// judge them differently: Dovecot answers both BAD, Cyrus both
+		// OK. uidgate relays them, so through it the answer is the one
+		// the server gives directly.
+		direct := rawLogin(t, be.Addr, "alice")
 		rc := rawLogin(t, g.Addr, "alice")
-		rc.send("u0 SELECT INBOX")
-		rc.until("u0")
-		rc.send("u1 SEARCH SUBJECT \"\xff\xfe\xc0\"")
-		if l := rc.until("u1"); !strings.HasPrefix(l, "u1 ") {
-			t.Errorf("invalid UTF-8: %q", l)
+		for _, c := range []*rawConn{direct, rc} {
+			c.send("u0 SELECT INBOX")
+			if l := c.until("u0"); !strings.HasPrefix(l, "u0 OK") {
+				t.Fatalf("select: %q", l)
+			}
 		}
-		rc.send("u2 NOOP\x00junk")
-		if l := rc.until("u2"); !strings.HasPrefix(l, "u2 BAD") {
-			t.Errorf("NUL in a line: %q", l)
+		for _, line := range []string{"u1 SEARCH SUBJECT \"\xff\xfe\xc0\"", "u2 NOOP\x00junk"} {
+			tag, _, _ := strings.Cut(line, " ")
+			direct.send(line)
+			want := direct.until(tag)
+			rc.send(line)
+			if got := rc.until(tag); status(got) != status(want) {
+				t.Errorf("%q: %q through uidgate, %q directly", line, got, want)
+			}
 		}
 		rc.send("u3 NOOP")
 		if l := rc.until("u3"); !strings.HasPrefix(l, "u3 OK") {
@@ -333,12 +366,20 @@ func TestBadInput(t *testing.T) {
 		}
 		bystander("nul")
 	})
-	t.Run("pipelined-10000", func(t *testing.T) {
+	t.Run("pipelined", func(t *testing.T) {
+		// Far beyond the commands in flight uidgate allows (64). Cyrus 3.6
+		// itself takes about 1 ms a command here (10 s for 10,000, directly
+		// as through uidgate), so it gets 1,000; uidgate relays it in the
+		// same legacy mode as Cyrus 2.3, which gets all 10,000.
+		n := 10000
+		if kind == "cyrus" {
+			n = 1000
+		}
 		rc := rawLogin(t, g.Addr, "alice")
 		rc.send("q0 SELECT INBOX")
 		rc.until("q0")
 		var b bytes.Buffer
-		for i := 0; i < 10000; i++ {
+		for i := 0; i < n; i++ {
 			if i%2 == 0 {
 				fmt.Fprintf(&b, "q%d NOOP\r\n", i+1)
 			} else {
@@ -347,7 +388,7 @@ func TestBadInput(t *testing.T) {
 		}
 		go rc.c.Write(b.Bytes()) // the answers are read meanwhile
 		next := 1
-		for next <= 10000 {
+		for next <= n {
 			l := rc.line()
 			if strings.HasPrefix(l, "*") {
 				continue
@@ -366,11 +407,16 @@ func TestBadInput(t *testing.T) {
 
 // TestShutdownUnderLoad: uidgate stopped while 20 sessions fetch and
 // store: every client gets BYE (or its answers, then BYE), Shutdown
-// returns, and no goroutine is left.
+// returns, and no goroutine is left. It is heavy, so it runs on Cyrus 2.3
+// in the deployed mode (legacy: each FETCH and STORE goes up rewritten to
+// UIDs) and on Dovecot in the compliant one.
 func TestShutdownUnderLoad(t *testing.T) {
-	checkNoLeaks(t)
-	be := startBackend(t, "dovecot")
-	g, _ := hardGate(t, be.Addr, be.Addr, time.Minute)
+	eachKind(t, []string{"cyrus23", "dovecot"}, testShutdownUnderLoad)
+}
+
+func testShutdownUnderLoad(t *testing.T, kind string) {
+	be := startBackend(t, kind)
+	g, _ := hardGate(t, kind, be.Addr, be.Addr, time.Minute)
 	seed := rawLogin(t, be.Addr, "alice")
 	for i := 0; i < 20; i++ {
 		seed.send(fmt.Sprintf("s%d APPEND INBOX {%d}", i, len(message("x", 2000))))

@@ -35,6 +35,17 @@ func startBackend(t testing.TB, kind string) *backends.Server {
 // uidgate exists for first.
 var allKinds = []string{"cyrus23", "cyrus", "dovecot"}
 
+// eachKind runs test as one subtest per backend kind, each checked for
+// leaked goroutines and connections.
+func eachKind(t *testing.T, kinds []string, test func(t *testing.T, kind string)) {
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			checkNoLeaks(t)
+			test(t, kind)
+		})
+	}
+}
+
 // deployedBackend is uidgate's configuration for kind as sites deploy it:
 // for the Cyrus servers legacy, explicit \Seen and the Cyrus namespace;
 // Dovecot, a compliant server, as it is.

@@ -18,17 +18,21 @@ import (
 )
 
 // TestClientTLS: implicit TLS, and STARTTLS with TLS required before
-// login, on uidgate's client side, in front of real Dovecot.
+// login, on uidgate's client side, in front of each real server in its
+// deployed configuration.
 func TestClientTLS(t *testing.T) {
-	checkNoLeaks(t)
-	be := startBackend(t, "dovecot")
+	eachKind(t, allKinds, testClientTLS)
+}
+
+func testClientTLS(t *testing.T, kind string) {
+	be := startBackend(t, kind)
 	cert, pool := selfSigned(t)
 	srvTLS := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	cliTLS := &tls.Config{RootCAs: pool, ServerName: "localhost"}
 
 	t.Run("implicit", func(t *testing.T) {
 		g := startGate(t, gateOpts{
-			backend:  upstream.Backend{Address: be.Addr},
+			backend:  deployedBackend(kind, be.Addr),
 			listener: proxy.Listener{TLS: upstream.TLSImplicit, TLSConfig: srvTLS},
 		})
 		c, err := imapclient.DialTLS(g.Addr, &imapclient.Options{TLSConfig: cliTLS})
@@ -47,7 +51,7 @@ func TestClientTLS(t *testing.T) {
 
 	t.Run("starttls-required", func(t *testing.T) {
 		g := startGate(t, gateOpts{
-			backend:  upstream.Backend{Address: be.Addr},
+			backend:  deployedBackend(kind, be.Addr),
 			listener: proxy.Listener{TLS: upstream.TLSStartTLS, TLSConfig: srvTLS, RequireTLS: true},
 		})
 		// In the clear: LOGINDISABLED, and LOGIN refused without reaching
@@ -83,7 +87,7 @@ func TestClientTLS(t *testing.T) {
 
 	t.Run("starttls-pipelined-injection", func(t *testing.T) {
 		g := startGate(t, gateOpts{
-			backend:  upstream.Backend{Address: be.Addr},
+			backend:  deployedBackend(kind, be.Addr),
 			listener: proxy.Listener{TLS: upstream.TLSStartTLS, TLSConfig: srvTLS},
 		})
 		conn, err := net.Dial("tcp", g.Addr)
@@ -112,7 +116,8 @@ func TestClientTLS(t *testing.T) {
 
 // TestUpstreamStartTLS: uidgate upgrades its backend connection with
 // STARTTLS, verifying the backend's certificate with a CA pool, in front
-// of go-imap's own server.
+// of go-imap's own server: of the real ones, the Cyrus 2.3.18 build has no
+// TLS ("starttls isn't implemented") and the others run without it.
 func TestUpstreamStartTLS(t *testing.T) {
 	checkNoLeaks(t)
 	cert, pool := selfSigned(t)
