@@ -77,6 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Int64Var(&cfg.seed, "seed", 1, "stress: seed of the random command mix")
 	fs.StringVar(&cfg.mailbox2, "mailbox2", "", "stress: second mailbox for COPY and STATUS (default: imapload-stress under the personal namespace, deleted at the end)")
 	fs.DurationVar(&cfg.stall, "stall", stressStallDefault, "stress: a command not answered this long is a stall (a violation)")
+	fs.BoolVar(&cfg.searchAhead, "tolerate-search-ahead", false, "stress: a SEARCH naming a message no EXISTS announced by its tagged answer is counted (search_ahead), not a violation: Cyrus 3.6's own behaviour, for direct runs against it")
 	maxTime := fs.Duration("max-time", time.Hour, "bound of the whole run")
 	smoke := fs.Bool("smoke", false, "run a short self-checking pass of every workload (CI)")
 	if err := fs.Parse(args); err != nil {

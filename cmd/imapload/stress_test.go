@@ -32,6 +32,7 @@ type stressOut struct {
 	Stalls        int64
 	FlagRaces     int64       `json:"flag_races"`
 	LateExists    int64       `json:"late_exists"`
+	SearchAhead   int64       `json:"search_ahead"`
 	ViolationList []violation `json:"violation_list"`
 }
 
@@ -193,34 +194,36 @@ func (l testLogger) Printf(format string, args ...any) { l.t.Logf(format, args..
 func TestStressFaults(t *testing.T) {
 	for _, tc := range []struct {
 		fault string
-		want  string // in a violation's why
+		want  string   // in a violation's why
+		args  []string // more flags
 	}{
-		{"expunge-in-fetch", "EXPUNGE while only FETCH"},
-		{"exists-down", "EXISTS never decreases"},
-		{"uid-change", "UID"},
-		{"stall", "stall"},
-		{"bad", "BAD"},
-		{"wrong-body", "a UID names one message"},
-		{"store-flags", "no FETCH response for message"},
-		{"store-uid", "and no client saw it expunged"},
-		{"store-gone", ""},
-		{"search-beyond", "SEARCH found message 9"},
-		{"search-late", ""},
-		{"dup-tag", "already answered"},
-		{"none", ""}, // and no LITERAL+: synchronizing literals
+		{"expunge-in-fetch", "EXPUNGE while only FETCH", nil},
+		{"exists-down", "EXISTS never decreases", nil},
+		{"uid-change", "UID", nil},
+		{"stall", "stall", nil},
+		{"bad", "BAD", nil},
+		{"wrong-body", "a UID names one message", nil},
+		{"store-flags", "no FETCH response for message", nil},
+		{"store-uid", "and no client saw it expunged", nil},
+		{"store-gone", "", nil},
+		{"search-beyond", "SEARCH found message 9", nil},
+		{"search-late", "", nil},
+		{"search-beyond", "", []string{"-tolerate-search-ahead"}},
+		{"dup-tag", "already answered", nil},
+		{"none", "", nil}, // and no LITERAL+: synchronizing literals
 	} {
-		t.Run(tc.fault, func(t *testing.T) {
+		t.Run(strings.Join(append([]string{tc.fault}, tc.args...), ""), func(t *testing.T) {
 			t.Parallel()
 			addr := startFaulty(t, tc.fault)
-			code, r := runStressCLI(t, "-addr", addr, "-workload", "stress", "-sessions", "2",
-				"-duration", "500ms", "-stall", "300ms", "-max-time", "10s")
+			code, r := runStressCLI(t, append([]string{"-addr", addr, "-workload", "stress", "-sessions", "2",
+				"-duration", "500ms", "-stall", "300ms", "-max-time", "10s"}, tc.args...)...)
 			if tc.want == "" {
 				if code != 0 || r.Violations != 0 || r.Errors != 0 || r.Commands < 50 {
 					t.Errorf("exit %d, %d errors (%s), %d commands, %d violations: %+v", code, r.Errors, r.FirstError, r.Commands, r.Violations, r.ViolationList)
 				}
 				// The tolerated deviations were met, not just absent.
-				if tc.fault == "store-gone" && r.FlagRaces == 0 || tc.fault == "search-late" && r.LateExists == 0 {
-					t.Errorf("%d flag races, %d late EXISTS: the case never arose", r.FlagRaces, r.LateExists)
+				if tc.fault == "store-gone" && r.FlagRaces == 0 || tc.fault == "search-late" && r.LateExists == 0 || tc.fault == "search-beyond" && r.SearchAhead == 0 {
+					t.Errorf("%d flag races, %d late EXISTS, %d searches ahead: the case never arose", r.FlagRaces, r.LateExists, r.SearchAhead)
 				}
 				return
 			}

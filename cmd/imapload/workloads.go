@@ -35,6 +35,7 @@ type config struct {
 	timeout          time.Duration
 	idleLogout       bool          // idle: DONE and LOGOUT at the end instead of closing
 	verify           bool          // append: check each fetched message's SHA-256
+	searchAhead      bool          // stress: tolerate SEARCH naming unannounced messages
 	seed             int64         // stress: seed of every session's random mix
 	mailbox2         string        // stress: the other mailbox (COPY, STATUS); "" derives one
 	stall            time.Duration // stress: a command unanswered this long is a stall
