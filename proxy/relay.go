@@ -54,22 +54,6 @@ const (
 	injectFlags              // UID FETCH uids (FLAGS): legacy flag reports
 )
 
-// lateFetch is one held FETCH response: the UID it is about and its item
-// list as the client will get it, from after "(".
-type lateFetch struct {
-	uid  uint32
-	body []byte
-}
-
-// maxLateBytes bounds the FETCH data a legacy session holds for messages
-// not yet announced; beyond it (or with a literal) such data is dropped,
-// and the client has the message's EXISTS but must fetch it again.
-const maxLateBytes = 64 << 10
-
-// maxFlagCands bounds the UIDs remembered for a flag refetch; beyond it
-// the reports are dropped (and logged), not the session's memory.
-const maxFlagCands = 1024
-
 const (
 	// maxRewriteCommand bounds a command collected whole to be rewritten
 	// (its literals included): sequence sets and search programs.
@@ -131,41 +115,16 @@ const (
 
 // selection is the selected mailbox with its msgno↔UID map.
 type selection struct {
-	m       *sessionmap.Map
-	legacy  bool
-	state   selState
-	dirty   bool // legacy: resync by UID before the next command
-	listBad bool // the resync's UID list was unreadable: stay dirty
-	// flagCands: legacy: UIDs the backend reported flag changes for by
-	// number alone; refetched by UID before the resync (flagFetch).
-	flagCands imap.UIDSet
-	// late: legacy: FETCH data of messages not yet counted (a UID FETCH
-	// reaching past the client's view); sent once the resync has
-	// announced them (lateLines). lateBytes bounds it.
-	late      []lateFetch
-	lateBytes int
-	loaded    bool // the build's UID list arrived
-	held      [][]byte
-	heldOK    []byte
-	// heldTag: a client command's tagged answer held until the resync
-	// that learns, by UID, what the legacy backend expunged during it
-	// (heldSeq is that command's place in the sending order).
-	heldTag  []byte
-	heldSeq  uint64
+	m      *sessionmap.Map
+	legacy bool
+	state  selState
+	loaded bool // the build's UID list arrived
+	// schedule: what the client has not been told yet (schedule.go).
+	schedule
 	tag      string // the SELECT's upstream tag
 	readOnly bool
 	validity uint32 // UIDVALIDITY announced by the SELECT
 }
-
-// idleCycle is where uidgate is in leaving and re-entering a legacy
-// backend's IDLE while the client idles.
-type idleCycle int
-
-const (
-	idleOn         idleCycle = iota // no cycle: the backend idles for the client
-	idleLeaving                     // DONE sent, IDLE's tagged answer awaited
-	idleReentering                  // resync and IDLE sent, "+" awaited
-)
 
 // litDecision is the backend's answer to a synchronizing literal sent to a
 // backend without LITERAL+: go on, or the command was refused.
