@@ -681,10 +681,16 @@ func (cn confNormalizer) step(res confResult, v *confView) []string {
 					continue
 				}
 				for _, c := range cmds {
-					if !c.uid && !answered[c.tag] && (c.name == "FETCH" || c.name == "STORE" || c.name == "SEARCH") {
+					if answered[c.tag] {
+						continue
+					}
+					if !c.uid && (c.name == "FETCH" || c.name == "STORE" || c.name == "SEARCH") {
 						// RFC 9051 §7.5.1.
 						untagged = append(untagged, "! EXPUNGE during "+c.name)
 					}
+					// Sent before any such command and not yet answered:
+					// the EXPUNGE may be this command's.
+					break
 				}
 				// The order of a command's expunges is the server's
 				// choice; which messages went is what counts.
