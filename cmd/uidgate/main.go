@@ -3,6 +3,8 @@
 //	uidgate serve [-config FILE]   serve (the embedded default config if no file)
 //	uidgate check-config FILE      validate FILE and print the effective config
 //	uidgate demo                   show the failures uidgate prevents
+//	uidgate check-server -addr HOST:PORT -user NAME [flags]
+//	                               run them against a real server, direct and through uidgate
 //	uidgate version
 package main
 
@@ -27,6 +29,8 @@ func usage(w io.Writer) {
   uidgate serve [-config FILE]   run the proxy (built-in default config if no file)
   uidgate check-config FILE      validate FILE; print the effective config or every error
   uidgate demo                   run the legacy-server scenarios direct and through uidgate
+  uidgate check-server -addr HOST:PORT -user NAME [-pass P] [-lmtp ADDR] [-rounds N]
+                                 the same against a real server, in a scratch mailbox (-h for flags)
   uidgate version                print the version
 `)
 }
@@ -44,7 +48,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if err := fs.Parse(args[1:]); err != nil {
 			return 2
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		ctx, stop := signalContext()
 		defer stop()
 		if err := serve(ctx, *file, stderr); err != nil {
 			fmt.Fprintln(stderr, "uidgate:", err)
@@ -58,13 +62,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return checkConfig(args[1], stdout, stderr)
 	case "demo":
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		ctx, stop := signalContext()
 		defer stop()
 		if err := runDemo(ctx, stdout); err != nil {
 			fmt.Fprintln(stderr, "uidgate demo:", err)
 			return 1
 		}
 		return 0
+	case "check-server":
+		return checkServer(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "uidgate", version())
 		return 0
@@ -75,6 +81,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "uidgate: unknown command %q\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// signalContext ends on SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 // version reports the module version and VCS revision baked in by go build.

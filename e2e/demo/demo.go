@@ -44,15 +44,7 @@ const (
 // Run starts the simulator with every fault on and uidgate in front of it,
 // on loopback, runs scenarios A and B against each, and stops both.
 func Run(ctx context.Context, o Options) ([]Row, error) {
-	if o.Rounds <= 0 {
-		o.Rounds = 100
-	}
-	if o.Seed == 0 {
-		o.Seed = 1
-	}
-	if o.MaxDuration <= 0 {
-		o.MaxDuration = 10 * time.Second
-	}
+	sizeDefaults(&o.Rounds, &o.Seed, &o.MaxDuration, 100, 10*time.Second)
 	cfg := legacysim.Config{Seed: o.Seed, Users: map[string]string{user: password}}
 	if err := cfg.SetFaults("all"); err != nil {
 		return nil, err
@@ -72,49 +64,88 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 	// uidgate as it would be configured in front of a Cyrus 2.3 server.
 	backend := &upstream.Backend{Name: "legacy", Address: simLn.Addr().String(), TLS: upstream.TLSNone,
 		Legacy: true, ExplicitSeen: true}
-	srv := &proxy.Server{
-		Locks:         o.Locks,
-		Route:         func(string) (*upstream.Backend, bool) { return backend, true },
-		Serialization: rules.Serialization{SelectTakesSeen: true},
-	}
-	gateLn, err := net.Listen("tcp", "127.0.0.1:0")
+	gateAddr, stopGate, err := startGate(backend, o.Locks, rules.Serialization{SelectTakesSeen: true})
 	if err != nil {
 		return nil, err
 	}
-	gateDone := make(chan error, 1)
-	go func() { gateDone <- srv.Serve(gateLn, proxy.Listener{TLS: upstream.TLSNone}) }()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-gateDone
-	}()
+	defer stopGate()
 
 	common := func(addr string) scenarios.Common {
 		return scenarios.Common{Addr: addr, Sim: sim, User: user, Password: password,
 			Rounds: o.Rounds, Seed: o.Seed, MaxDuration: o.MaxDuration}
 	}
+	return runBoth(ctx, simLn.Addr().String(), gateAddr, common, func(c scenarios.Common) scenarios.BCfg {
+		return scenarios.BCfg{Common: c}
+	})
+}
+
+// sizeDefaults fills a run's zero sizes: rounds and bound as given, seed 1.
+func sizeDefaults(rounds *int, seed *int64, bound *time.Duration, defRounds int, defBound time.Duration) {
+	if *rounds <= 0 {
+		*rounds = defRounds
+	}
+	if *seed == 0 {
+		*seed = 1
+	}
+	if *bound <= 0 {
+		*bound = defBound
+	}
+}
+
+// Scenario names, as the table prints them.
+const (
+	NameA = "A: STORE after another session's EXPUNGE"
+	NameB = "B: \\Seen while mail is delivered"
+)
+
+// startGate starts an in-process uidgate on a loopback port in front of
+// backend and returns its address and what stops it.
+func startGate(backend *upstream.Backend, lm locks.Manager, ser rules.Serialization) (string, func(), error) {
+	srv := &proxy.Server{
+		Locks:         lm,
+		Route:         func(string) (*upstream.Backend, bool) { return backend, true },
+		Serialization: ser,
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln, proxy.Listener{TLS: upstream.TLSNone}) }()
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-done
+	}
+	return ln.Addr().String(), stop, nil
+}
+
+// runBoth runs scenarios A and B directly at direct and through uidgate at
+// gate; common gives a scenario's configuration for an address, bcfg
+// completes scenario B's.
+func runBoth(ctx context.Context, direct, gate string, common func(addr string) scenarios.Common, bcfg func(scenarios.Common) scenarios.BCfg) ([]Row, error) {
 	var rows []Row
 	for _, sc := range []struct {
 		name string
 		run  func(addr string) (scenarios.Result, error)
 	}{
-		{"A: STORE after another session's EXPUNGE", func(addr string) (scenarios.Result, error) {
+		{NameA, func(addr string) (scenarios.Result, error) {
 			return scenarios.RunA(ctx, scenarios.ACfg{Common: common(addr)})
 		}},
-		{"B: \\Seen while mail is delivered", func(addr string) (scenarios.Result, error) {
-			return scenarios.RunB(ctx, scenarios.BCfg{Common: common(addr)})
+		{NameB, func(addr string) (scenarios.Result, error) {
+			return scenarios.RunB(ctx, bcfg(common(addr)))
 		}},
 	} {
-		direct, err := sc.run(simLn.Addr().String())
+		d, err := sc.run(direct)
 		if err != nil {
 			return rows, fmt.Errorf("%s, direct: %w", sc.name, err)
 		}
-		via, err := sc.run(gateLn.Addr().String())
+		via, err := sc.run(gate)
 		if err != nil {
 			return rows, fmt.Errorf("%s, through uidgate: %w", sc.name, err)
 		}
-		rows = append(rows, Row{Scenario: sc.name, Direct: direct, Uidgate: via})
+		rows = append(rows, Row{Scenario: sc.name, Direct: d, Uidgate: via})
 		if ctx.Err() != nil {
 			return rows, ctx.Err()
 		}

@@ -54,11 +54,14 @@ type Result struct {
 	// session marked.
 	SpuriousSeen int
 	// Errors counts rounds cut short by a failed command or connection.
-	Errors    int
-	FirstErr  error // the first of those, for diagnosis
-	Duration  time.Duration
-	Seed      int64
-	Truncated bool // stopped by MaxDuration or the context before all rounds
+	Errors   int
+	FirstErr error // the first of those, for diagnosis
+	// FirstFault describes the first fault counted in real-server mode
+	// (round, message, what), for diagnosis.
+	FirstFault string
+	Duration   time.Duration
+	Seed       int64
+	Truncated  bool // stopped by MaxDuration or the context before all rounds
 }
 
 // Faults is the total damage: wrong, missed, lost and spurious.
@@ -75,12 +78,19 @@ type Common struct {
 	// of it.
 	Addr string
 	// Sim is the simulator behind Addr: the ground truth, and where each
-	// round's mailbox is reset and seeded.
+	// round's mailbox is reset and seeded. Nil runs the scenarios against
+	// any server (real-server mode, see real.go): a checker session at
+	// CheckAddr empties and seeds the mailbox by APPEND and reads the
+	// truth by UID FETCH.
 	Sim *legacysim.Server
-	// User and Password log in the clients; the user must exist in Sim.
+	// CheckAddr is where the real-server mode's checker connects: the
+	// server itself, never a proxy under test (default Addr).
+	CheckAddr string
+	// User and Password log in the clients (and the checker: \Seen is per
+	// user); the user must exist in Sim.
 	User, Password string
 	// Mailbox is the mailbox the rounds use (default INBOX); it is replaced
-	// at the start of every round.
+	// (real-server mode: emptied and seeded) at the start of every round.
 	Mailbox string
 	// Rounds is the number of rounds (default DefaultRounds).
 	Rounds int
@@ -94,11 +104,11 @@ type Common struct {
 }
 
 func (c *Common) defaults() error {
-	if c.Sim == nil {
-		return errors.New("scenarios: no simulator (Sim) for the ground truth")
-	}
 	if c.Addr == "" {
 		return errors.New("scenarios: no address to connect to")
+	}
+	if c.CheckAddr == "" {
+		c.CheckAddr = c.Addr
 	}
 	if c.Mailbox == "" {
 		c.Mailbox = DefaultMailbox
@@ -184,25 +194,34 @@ func RunA(ctx context.Context, cfg ACfg) (Result, error) {
 	}
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 'A'))
 	var s1, s2 *client
-	defer func() { closeAll([]*client{s1, s2}) }()
+	var k *checker
+	defer func() { closeAll([]*client{s1, s2}); k.close() }()
 	reconnect := func(ctx context.Context) error {
 		closeAll([]*client{s1, s2})
-		s1, s2 = nil, nil
+		k.close()
+		s1, s2, k = nil, nil, nil
 		var err error
 		if s1, err = dialClient(ctx, cfg.Dial, cfg.Addr, cfg.User, cfg.Password); err != nil {
 			return err
 		}
-		s2, err = dialClient(ctx, cfg.Dial, cfg.Addr, cfg.User, cfg.Password)
+		if s2, err = dialClient(ctx, cfg.Dial, cfg.Addr, cfg.User, cfg.Password); err != nil {
+			return err
+		}
+		if cfg.Sim == nil {
+			k, err = dialChecker(ctx, &cfg.Common)
+		}
 		return err
 	}
 	round := func(ctx context.Context, i int) error {
-		return roundA(ctx, &cfg, rng, i, s1, s2, &res)
+		return roundA(ctx, &cfg, rng, i, s1, s2, k, &res)
 	}
 	err := cfg.run(ctx, &res, round, reconnect)
 	return res, err
 }
 
-func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *client, res *Result) error {
+// roundA runs one round of scenario A; k is the checker in real-server
+// mode (nil with the simulator).
+func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *client, k *checker, res *Result) error {
 	n := 4 + rng.IntN(9) // 4..12 messages
 	ids := make([]string, n)
 	msgs := make([]legacysim.NewMessage, n)
@@ -210,9 +229,18 @@ func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *c
 		ids[i] = fmt.Sprintf("a%d.%d.%d@uidgate.test", cfg.Seed, round, i+1)
 		msgs[i] = legacysim.NewMessage{Body: message(ids[i], fmt.Sprintf("round %d message %d", round, i+1))}
 	}
-	uids, err := cfg.Sim.ResetMailbox(cfg.User, cfg.Mailbox, msgs)
-	if err != nil {
-		return err
+	var uids []imap.UID
+	if k != nil {
+		if err := k.reset(ctx, seeds(msgs)); err != nil {
+			return err
+		}
+		// Identities stand in for UIDs: the choices below are by position.
+		uids = make([]imap.UID, n)
+	} else {
+		var err error
+		if uids, err = cfg.Sim.ResetMailbox(cfg.User, cfg.Mailbox, msgs); err != nil {
+			return err
+		}
 	}
 
 	// Session 1's choice, and session 2's victims: mostly below it (the
@@ -231,12 +259,17 @@ func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *c
 		}
 	}
 	chosen := map[uint32]bool{uint32(uids[target]): true}
+	chosenIDs := map[string]bool{ids[target]: true}
 	victimUIDs := map[uint32]bool{}
 	for v := range victims {
 		chosen[uint32(uids[v])] = true
+		chosenIDs[ids[v]] = true
 		victimUIDs[uint32(uids[v])] = true
 	}
-	mark := cfg.Sim.WriteSeq()
+	var mark, mark2 uint64
+	if k == nil {
+		mark = cfg.Sim.WriteSeq()
+	}
 
 	if _, err := s1.cmd(ctx, "SELECT %s", quote(cfg.Mailbox)); err != nil {
 		return err
@@ -267,7 +300,9 @@ func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *c
 		return err
 	}
 	// The race: session 1 acts on the number it was given.
-	mark2 := cfg.Sim.WriteSeq()
+	if k == nil {
+		mark2 = cfg.Sim.WriteSeq()
+	}
 	if _, err := s1.cmd(ctx, "STORE %d +FLAGS (\\Deleted)", found[0]); err != nil {
 		return err
 	}
@@ -281,6 +316,14 @@ func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *c
 		return err
 	}
 
+	if k != nil {
+		truth, err := k.truth(ctx)
+		if err != nil {
+			return err
+		}
+		verdictA(truth, ids, chosenIDs, round, res)
+		return nil
+	}
 	truth, err := cfg.Sim.Messages(cfg.User, cfg.Mailbox)
 	if err != nil {
 		return err
@@ -330,6 +373,18 @@ type BCfg struct {
 	// so a proxy cannot serialize these deliveries: with DeliveryRace, the
 	// \Seen updates they revert are lost even through a correct proxy.
 	LMTPAddr string
+	// Deliver, if set, delivers msg into Mailbox the way an MTA does (the
+	// real-server mode's LMTP; it must be safe to call from any
+	// goroutine); it takes precedence over LMTPAddr.
+	Deliver func(ctx context.Context, msg []byte) error
+}
+
+// Delivery names how RunB delivers: "LMTP" or "APPEND".
+func (c *BCfg) Delivery() string {
+	if c.Deliver != nil || c.LMTPAddr != "" {
+		return "LMTP"
+	}
+	return "APPEND"
 }
 
 // RunB runs scenario B, lost and spurious \Seen: per round, several sessions
@@ -362,18 +417,30 @@ func RunB(ctx context.Context, cfg BCfg) (Result, error) {
 		cfg.Ops = 3
 	}
 	rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 'B'))
-	events, stopWatch := cfg.Sim.Watch()
-	defer stopWatch()
+	var events <-chan legacysim.Event
+	if cfg.Sim != nil {
+		var stopWatch func()
+		events, stopWatch = cfg.Sim.Watch()
+		defer stopWatch()
+	}
 
 	sessions := make([]*client, cfg.Sessions)
 	var deliverer *client
-	defer func() { closeAll(append(sessions, deliverer)) }()
+	var k *checker
+	defer func() { closeAll(append(sessions, deliverer)); k.close() }()
 	reconnect := func(ctx context.Context) error {
 		closeAll(append(sessions, deliverer))
+		k.close()
 		for i := range sessions {
 			sessions[i] = nil
 		}
-		deliverer = nil
+		deliverer, k = nil, nil
+		if cfg.Sim == nil {
+			var err error
+			if k, err = dialChecker(ctx, &cfg.Common); err != nil {
+				return err
+			}
+		}
 		for i := range sessions {
 			c, err := dialClient(ctx, cfg.Dial, cfg.Addr, cfg.User, cfg.Password)
 			if err != nil {
@@ -381,7 +448,7 @@ func RunB(ctx context.Context, cfg BCfg) (Result, error) {
 			}
 			sessions[i] = c
 		}
-		if cfg.LMTPAddr == "" {
+		if cfg.Delivery() == "APPEND" {
 			c, err := dialClient(ctx, cfg.Dial, cfg.Addr, cfg.User, cfg.Password)
 			if err != nil {
 				return err
@@ -391,16 +458,23 @@ func RunB(ctx context.Context, cfg BCfg) (Result, error) {
 		return nil
 	}
 	round := func(ctx context.Context, i int) error {
-		return roundB(ctx, &cfg, rng, i, sessions, deliverer, events, &res)
+		return roundB(ctx, &cfg, rng, i, sessions, deliverer, k, events, &res)
 	}
 	err := cfg.run(ctx, &res, round, reconnect)
 	return res, err
 }
 
-// seenOp is one \Seen update a session made: the message number it named.
-type seenOp struct{ msgno uint32 }
+// seenOp is one \Seen update a session made: the message number it named,
+// and for a body fetch the identity of the body it got back.
+type seenOp struct {
+	msgno uint32
+	fetch bool   // a body fetch, not a STORE
+	id    string // the fetched body's Message-ID; "" if none came back
+}
 
-func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions []*client, deliverer *client, events <-chan legacysim.Event, res *Result) error {
+// roundB runs one round of scenario B; k is the checker in real-server
+// mode, events the simulator's fault windows (both nil in the other mode).
+func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions []*client, deliverer *client, k *checker, events <-chan legacysim.Event, res *Result) error {
 	n0 := 3 + rng.IntN(6) // 3..8 messages to start with
 	msgs := make([]legacysim.NewMessage, n0)
 	preSeen := map[int]bool{}
@@ -412,9 +486,16 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 			preSeen[i] = true
 		}
 	}
-	uids, err := cfg.Sim.ResetMailbox(cfg.User, cfg.Mailbox, msgs)
-	if err != nil {
-		return err
+	var uids []imap.UID
+	if k != nil {
+		if err := k.reset(ctx, seeds(msgs)); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if uids, err = cfg.Sim.ResetMailbox(cfg.User, cfg.Mailbox, msgs); err != nil {
+			return err
+		}
 	}
 	for _, c := range sessions {
 		if _, err := c.cmd(ctx, "SELECT %s", quote(cfg.Mailbox)); err != nil {
@@ -427,6 +508,9 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 		delivered++
 		id := fmt.Sprintf("b%d.%d.new%d@uidgate.test", cfg.Seed, round, delivered)
 		body := message(id, fmt.Sprintf("round %d delivery %d", round, delivered))
+		if cfg.Deliver != nil {
+			return cfg.Deliver(ctx, body)
+		}
 		if cfg.LMTPAddr != "" {
 			return deliverLMTP(ctx, cfg.Dial, cfg.LMTPAddr, cfg.User, body)
 		}
@@ -441,8 +525,10 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 		go func() { delivery <- deliver(ctx) }()
 		var derr error
 		delivering := true
+		// Against a real server there are no windows to aim at: the
+		// sessions start with the delivery.
 	wait:
-		for {
+		for events != nil {
 			select {
 			case ev, ok := <-events:
 				if ok && ev.Kind == legacysim.WindowDelivery && ev.User == cfg.User && ev.Mailbox == cfg.Mailbox {
@@ -503,6 +589,30 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 		return firstErr
 	}
 
+	if k != nil {
+		truth, err := k.truth(ctx)
+		if err != nil {
+			return err
+		}
+		want := map[string]bool{}
+		for i := range preSeen {
+			want[fmt.Sprintf("b%d.%d.%d@uidgate.test", cfg.Seed, round, i+1)] = true
+		}
+		var stores []uint32
+		for _, ops := range done {
+			for _, op := range ops {
+				switch {
+				case op.id != "":
+					want[op.id] = true
+				case !op.fetch:
+					stores = append(stores, op.msgno)
+				}
+				// A body fetch that returned no body names nothing.
+
+			}
+		}
+		return verdictB(truth, want, stores, round, res)
+	}
 	truth, err := cfg.Sim.Messages(cfg.User, cfg.Mailbox)
 	if err != nil {
 		return err
@@ -544,17 +654,20 @@ func seenOps(ctx context.Context, c *client, rng *rand.Rand, n int) ([]seenOp, e
 		if rng.IntN(3) != 0 {
 			msgno = 1 + uint32(rng.IntN(int(exists)))
 		}
+		op := seenOp{msgno: msgno}
 		var err error
 		if rng.IntN(2) == 0 {
 			_, err = c.cmd(ctx, "STORE %d +FLAGS (\\Seen)", msgno)
 		} else {
 			// RFC 3501 §6.4.5: BODY[] (not BODY.PEEK[]) sets \Seen.
-			_, err = c.cmd(ctx, "FETCH %d (BODY[])", msgno)
+			var rs []response
+			rs, err = c.cmd(ctx, "FETCH %d (BODY[])", msgno)
+			op.fetch, op.id = true, fetchedID(rs)
 		}
 		if err != nil {
 			return ops, err
 		}
-		ops = append(ops, seenOp{msgno})
+		ops = append(ops, op)
 	}
 	return ops, nil
 }
@@ -587,6 +700,17 @@ func drain(events <-chan legacysim.Event) {
 			return
 		}
 	}
+}
+
+// DeliverLMTP delivers msg to rcpt through the LMTP server at addr:
+// host:port, or the path of a unix socket (starting with "/").
+func DeliverLMTP(ctx context.Context, addr, rcpt string, msg []byte) error {
+	var dial func(context.Context, string) (net.Conn, error)
+	if strings.HasPrefix(addr, "/") {
+		var d net.Dialer
+		dial = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "unix", addr) }
+	}
+	return deliverLMTP(ctx, dial, addr, rcpt, msg)
 }
 
 // deliverLMTP delivers msg to rcpt through the LMTP server at addr

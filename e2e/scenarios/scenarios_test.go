@@ -156,3 +156,51 @@ func TestEachFaultShows(t *testing.T) {
 		})
 	}
 }
+
+// realMode is common without the simulator: the scenarios' real-server mode,
+// run against the simulator as if it were any server.
+func realMode(addr string, seed int64) Common {
+	return Common{Addr: addr, User: testUser, Password: testPass, Rounds: testRounds, Seed: seed, MaxDuration: testBound}
+}
+
+// The real-server mode's counting (a checker session's APPENDs and UID
+// FETCH instead of the simulator's records) must count nothing against a
+// correct server and must show the faults of a faulty one.
+func TestRealModeCounts(t *testing.T) {
+	checkNoLeaks(t)
+	ctx := context.Background()
+	t.Run("faults off", func(t *testing.T) {
+		_, addr, lmtpAddr := startSim(t, "none", 1)
+		a, err := RunA(ctx, ACfg{realMode(addr, 1)})
+		logResult(t, a, err)
+		if a.Faults() != 0 {
+			t.Errorf("scenario A against a correct server: %v", a)
+		}
+		for _, lmtp := range []string{"", lmtpAddr} {
+			b, err := RunB(ctx, BCfg{Common: realMode(addr, 2), LMTPAddr: lmtp})
+			logResult(t, b, err)
+			if b.Faults() != 0 {
+				t.Errorf("scenario B (LMTP %q) against a correct server: %v", lmtp, b)
+			}
+		}
+	})
+	t.Run("faults on", func(t *testing.T) {
+		_, addr, lmtpAddr := startSim(t, "all", 3)
+		c := realMode(addr, 3)
+		c.Rounds = 30 // enough to show the faults, in a few seconds
+		a, err := RunA(ctx, ACfg{c})
+		logResult(t, a, err)
+		if a.WrongWrites == 0 || a.Missed == 0 {
+			t.Errorf("scenario A against the faulty simulator shows nothing: %v", a)
+		}
+		for _, lmtp := range []string{"", lmtpAddr} {
+			c := realMode(addr, 4)
+			c.Rounds = 30
+			b, err := RunB(ctx, BCfg{Common: c, LMTPAddr: lmtp})
+			logResult(t, b, err)
+			if b.LostSeen == 0 || b.SpuriousSeen == 0 {
+				t.Errorf("scenario B (LMTP %q) against the faulty simulator shows no lost and spurious \\Seen: %v", lmtp, b)
+			}
+		}
+	})
+}
