@@ -263,15 +263,59 @@ func (sh *stressShared) suspect(validity, uid uint32, v violation) {
 	}
 }
 
-// settle ends the run's suspects: a message some client saw expunged
+func (sh *stressShared) hasSuspects() bool {
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return len(sh.suspects) > 0
+}
+
+// presentUIDs reads, after the run, which messages the mailbox still
+// holds (by UIDVALIDITY and UID).
+func presentUIDs(ctx context.Context, cfg *config) (map[bodyKey]bool, error) {
+	set := newConnSet(ctx)
+	c, err := cfg.connect(set, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var validity uint32
+	if _, err := c.wait(c.send("EXAMINE "+quote(cfg.mailbox)), func(line []byte) {
+		if _, v, ok := bytes.Cut(line, []byte("[UIDVALIDITY ")); ok {
+			v, _, _ = bytes.Cut(v, []byte("]"))
+			n, _ := strconv.ParseUint(string(v), 10, 32)
+			validity = uint32(n)
+		}
+	}, nil); err != nil {
+		return nil, err
+	}
+	if validity == 0 {
+		return nil, errors.New("EXAMINE gave no UIDVALIDITY")
+	}
+	present := make(map[bodyKey]bool)
+	if _, err := c.wait(c.send("UID SEARCH ALL"), func(line []byte) {
+		if rest, ok := bytes.CutPrefix(trimEOL(line), []byte("* SEARCH")); ok {
+			for _, f := range bytes.Fields(rest) {
+				if n, err := strconv.ParseUint(string(f), 10, 32); err == nil {
+					present[bodyKey{validity, uint32(n)}] = true
+				}
+			}
+		}
+	}, nil); err != nil {
+		return nil, err
+	}
+	return present, c.logout()
+}
+
+// settle ends the run's suspects: a message some client saw expunged, or
+// gone from the mailbox at the end (present, when it could be read),
 // makes a race; any other is a violation.
-func (sh *stressShared) settle() {
+func (sh *stressShared) settle(present map[bodyKey]bool) {
 	sh.mu.Lock()
 	sus := sh.suspects
 	sh.suspects = nil
 	var bad []violation
 	for _, s := range sus {
-		if sh.expunged[s.msg] {
+		if sh.expunged[s.msg] || present != nil && !present[s.msg] {
 			sh.flagRaces.Add(1)
 		} else {
 			bad = append(bad, s.v)
@@ -454,7 +498,14 @@ func runStress(ctx context.Context, cfg *config) result {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	sh.settle()
+	var present map[bodyKey]bool
+	if sh.hasSuspects() && ctx.Err() == nil {
+		var err error
+		if present, err = presentUIDs(ctx, cfg); err != nil {
+			errs.add(fmt.Errorf("reading the mailbox's UIDs at the end: %w", err))
+		}
+	}
+	sh.settle(present)
 	if derived && ctx.Err() == nil {
 		if err := deleteBoxes(ctx, cfg, box2); err != nil {
 			errs.add(fmt.Errorf("clean up: %w", err))
@@ -1062,7 +1113,7 @@ func (cl *stressClient) tagged(resp *stressResp) {
 					verb = "without"
 				}
 				v := violation{Client: cl.id, Command: cmd.String(), Response: report(resp.text),
-					Why: fmt.Sprintf("answered OK, but no FETCH response for message %d showed it %s %s, and no client saw it expunged", cmd.storeN, verb, cmd.storeFlag)}
+					Why: fmt.Sprintf("answered OK, but no FETCH response for message %d showed it %s %s, and it was not expunged", cmd.storeN, verb, cmd.storeFlag)}
 				cl.sh.suspect(cl.uidValidity, cl.view.uid(cmd.storeN), v)
 			} else {
 				cl.sh.flagRaces.Add(1)

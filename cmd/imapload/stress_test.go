@@ -204,7 +204,7 @@ func TestStressFaults(t *testing.T) {
 		{"bad", "BAD", nil},
 		{"wrong-body", "a UID names one message", nil},
 		{"store-flags", "no FETCH response for message", nil},
-		{"store-uid", "and no client saw it expunged", nil},
+		{"store-uid", "and it was not expunged", nil},
 		{"store-gone", "", nil},
 		{"search-beyond", "SEARCH found message 9", nil},
 		{"search-late", "", nil},
@@ -361,6 +361,14 @@ func serveFaulty(c net.Conn, fault string) {
 			case fault == "store-gone" && gone == 0 && k >= 1 && k <= len(uids):
 				fmt.Fprintf(w, "* %s FETCH (FLAGS ())\r\n", f[2])
 				gone = k
+			}
+		case "UID":
+			if model && len(f) > 3 && strings.EqualFold(f[2], "SEARCH") {
+				fmt.Fprintf(w, "* SEARCH")
+				for _, u := range uids {
+					fmt.Fprintf(w, " %d", u)
+				}
+				fmt.Fprintf(w, "\r\n")
 			}
 		case "SEARCH":
 			switch fault {
