@@ -164,13 +164,21 @@ func (ss *session) leaveIdle(rs *relayState) {
 func (ss *session) reenterIdle(rs *relayState, sel *selection, tag string, pc pendingCmd) {
 	rs.tags[tag] = pc
 	rs.idleCycle, rs.idleTag = idleReentering, tag
+	ss.queueResync(rs, sel)
+	rs.toSend = append(rs.toSend, tag+" IDLE\r\n"...)
+}
+
+// queueResync queues, for the upstream goroutine's next write, the flag
+// refetch (if any report waits) and the resync: in one write, so that
+// nothing the client pipelines behind can overtake them (a LOGOUT must
+// not overtake a held answer).
+func (ss *session) queueResync(rs *relayState, sel *selection) {
 	if cmd, ok := flagFetch(sel); ok {
 		t := ss.injectTagLocked(rs, injectFlags)
 		rs.toSend = append(rs.toSend, t+" "+cmd+"\r\n"...)
 	}
 	t := ss.injectTagLocked(rs, injectResync)
 	rs.toSend = append(rs.toSend, t+" "+searchAllCommand(rs)+"\r\n"...)
-	rs.toSend = append(rs.toSend, tag+" IDLE\r\n"...)
 }
 
 // announce tells the client of arrivals: "* n EXISTS" with its new count,
@@ -360,14 +368,7 @@ func (ss *session) beforeTagged(rs *relayState, sel *selection, pc pendingCmd, f
 		// (rs.sel gone) there is nothing left to learn.
 		sel.heldTag, sel.heldSeq = append(sel.heldTag[:0], fwd...), pc.seq
 		rs.toSend = rs.toSend[:0]
-		if cmd, ok := flagFetch(sel); ok {
-			// Both go in one write, before anything the client pipelines
-			// behind (a LOGOUT must not overtake the held answer).
-			t := ss.injectTagLocked(rs, injectFlags)
-			rs.toSend = append(rs.toSend, t+" "+cmd+"\r\n"...)
-		}
-		t := ss.injectTagLocked(rs, injectResync)
-		rs.toSend = append(rs.toSend, t+" "+searchAllCommand(rs)+"\r\n"...)
+		ss.queueResync(rs, sel)
 		return nil, true
 	}
 	var pre []byte
