@@ -622,7 +622,16 @@ func (cn confNormalizer) step(res confResult, v *confView) []string {
 	}
 	now := res.boxes[res.box]
 	newView := false
-	var untagged, tagged, expunged []string
+	var untagged, expunged []string
+	// Each tagged answer with the expunges that came before it (since the
+	// previous one): RFC 9051 §6.4.3 puts a command's expunges before its
+	// tagged answer, so which answer they precede counts; their order
+	// among themselves is the server's choice.
+	type segment struct {
+		expunged []string
+		tagged   string
+	}
+	var segs []segment
 	answered := map[string]bool{}
 	owner := func(name string) confCmd {
 		for _, c := range cmds {
@@ -644,12 +653,14 @@ func (cn confNormalizer) step(res confResult, v *confView) []string {
 			m := codeAndText.FindStringSubmatch(line)
 			switch {
 			case m == nil:
-				tagged = append(tagged, line)
 			case strings.HasSuffix(m[1], " BAD"):
-				tagged = append(tagged, m[1])
+				line = m[1]
 			default:
-				tagged = append(tagged, strings.TrimSpace(m[1]+" "+m[2]))
+				line = strings.TrimSpace(m[1] + " " + m[2])
 			}
+			slices.Sort(expunged)
+			segs = append(segs, segment{expunged, line})
+			expunged = nil
 			continue
 		}
 		if f[0] == "+" {
@@ -754,9 +765,15 @@ func (cn confNormalizer) step(res confResult, v *confView) []string {
 		}
 		untagged = append(untagged, line)
 	}
-	slices.Sort(tagged)
+	// Tagged answers of pipelined commands may come in any order (RFC
+	// 9051 §5.5); expunges after the last one (during IDLE) go last.
+	slices.SortFunc(segs, func(a, b segment) int { return strings.Compare(a.tagged, b.tagged) })
 	slices.Sort(expunged)
-	return slices.Concat(untagged, expunged, tagged, []string{v.String()})
+	out := untagged
+	for _, sg := range segs {
+		out = append(append(out, sg.expunged...), sg.tagged)
+	}
+	return append(append(out, expunged...), v.String())
 }
 
 // TestConformance runs the corpus against each real backend directly and
@@ -836,4 +853,30 @@ func confDiff(d, v [][]string, direct, via *confRun) string {
 			st.line, st.who, sent, verr, strings.Join(vs, "\n  "), derr, strings.Join(ds, "\n  "), strings.Join(vr, ""), strings.Join(dr, ""))
 	}
 	return ""
+}
+
+// TestConfNormalizerExpungeOrder: expunges reported before EXPUNGE's
+// tagged answer and the same expunges reported before the NOOP pipelined
+// behind it normalize differently (RFC 9051 §6.4.3), while their order
+// among themselves and the order of the tagged answers do not count.
+func TestConfNormalizerExpungeOrder(t *testing.T) {
+	cn := confNormalizer{rule: func(string) bool { return false }}
+	norm := func(resp ...string) []string {
+		res := confResult{cmds: []string{"a1 EXPUNGE", "a2 NOOP"}, resp: resp,
+			boxes: map[string][]uint32{"b": {1, 2, 3}}, box: "b"}
+		return cn.step(res, &confView{uids: []uint32{1, 2, 3, 4}, recent: "-"})
+	}
+	own := norm("* 2 EXPUNGE", "* 1 EXPUNGE", "a1 OK done", "a2 OK done")
+	swapped := norm("* 1 EXPUNGE", "* 1 EXPUNGE", "a1 OK done", "a2 OK done")
+	late := norm("a1 OK done", "* 2 EXPUNGE", "* 1 EXPUNGE", "a2 OK done")
+	reordered := norm("* 2 EXPUNGE", "* 1 EXPUNGE", "a2 OK done", "a1 OK done")
+	if slices.Equal(own, late) {
+		t.Errorf("expunges after EXPUNGE's tagged answer normalize like its own:\n%q", late)
+	}
+	if !slices.Equal(own, swapped) {
+		t.Errorf("the order of one command's expunges counts:\n%q\n%q", own, swapped)
+	}
+	if slices.Equal(own, reordered) {
+		t.Errorf("expunges before the NOOP's answer instead of EXPUNGE's normalize alike:\n%q", reordered)
+	}
 }

@@ -283,6 +283,9 @@ func retag(line []byte, tag, up string) []byte {
 func (ss *session) clientToUpstream(rs *relayState) (err error) {
 	defer ss.recoverInto(&err)
 	literalPlus := ss.up.HasCap("LITERAL+")
+	// ownExpunges: the last command sent expunges by itself (EXPUNGE,
+	// MOVE) on a legacy backend.
+	ownExpunges := false
 	for {
 		if err := ss.roomInFlight(rs); err != nil {
 			return err
@@ -362,6 +365,19 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 				return err
 			}
 		}
+		if ownExpunges {
+			// RFC 9051 §6.4.3: EXPUNGE's (and MOVE's) expunges come
+			// before its tagged answer. A legacy backend's numbers are
+			// learned by UID while the answer waits (beforeTagged), which
+			// it can only do with nothing sent behind the command: what
+			// the client pipelined behind waits for that answer.
+			if err := ss.barrier(rs); err != nil {
+				return err
+			}
+		}
+		rs.mu.Lock()
+		ownExpunges = rs.legacy && rs.sel != nil && (kind == cmdExpunge || kind == cmdMove)
+		rs.mu.Unlock()
 		if kind != cmdLogout {
 			// A legacy backend's numbers are never trusted: after it
 			// reported EXPUNGE/EXISTS, learn the truth by UID first.
