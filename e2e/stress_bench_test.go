@@ -36,7 +36,7 @@ func BenchmarkStress(b *testing.B) {
 				if !slices.Contains(strings.Split(*stressTargets, ","), target.name) {
 					continue
 				}
-				res, line, err := runStress(bin, kind, target.name == "direct", target.addr, 7, *stressLong)
+				res, line, err := runStress(bin, kind, target.name, target.addr, 7, *stressLong)
 				if res.Commands == 0 {
 					b.Fatalf("%s: %v\n%s", target.name, err, line)
 				}
