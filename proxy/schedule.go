@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"math"
+	"strconv"
+
 	"github.com/emersion/go-imap/v2"
 
 	"uidgate/proxy/imapwire"
@@ -24,7 +27,8 @@ import (
 //     (RFC 9051 §6.4.3, §7.5.1). A legacy backend's numbers are never
 //     trusted: the answer is held while uidgate learns them by UID
 //     (beforeTagged, heldTag), or, with commands pipelined behind, the
-//     next command resyncs first (resyncIfDirty).
+//     next command resyncs first (resyncIfDirty); behind EXPUNGE and
+//     MOVE nothing is sent until their answer is in (ownExpunges).
 //   - FETCH data only for a message the client has been told of (RFC
 //     9051 §7.5.2): a legacy UID FETCH reaching past the view is held
 //     until the resync announces the message (late, lateLines).
@@ -43,6 +47,15 @@ import (
 type schedule struct {
 	dirty   bool // legacy: resync by UID before the next command
 	listBad bool // the resync's UID list was unreadable: stay dirty
+	// full: legacy: something other than arrivals (EXPUNGE, a flag
+	// report by number, an unreadable list…) made the map dirty, so the
+	// resync reads the whole UID list. Without it, only EXISTS did, and
+	// the resync asks for the UIDs above the last known (resyncCommand).
+	full bool
+	// arrivals: the resync in flight asks for arrivals only, above floor
+	// (endArrivals).
+	arrivals bool
+	floor    uint32
 	// flagCands: legacy: UIDs the backend reported flag changes for by
 	// number alone; refetched by UID before the resync (flagFetch).
 	flagCands imap.UIDSet
@@ -87,6 +100,29 @@ const maxLateBytes = 64 << 10
 // the reports are dropped (and logged), not the session's memory.
 const maxFlagCands = 1024
 
+// markDirty makes the next resync read the whole UID list.
+func (s *schedule) markDirty() {
+	s.dirty, s.full = true, true
+}
+
+// resyncCommand is the command that resyncs a dirty legacy map. After
+// arrivals alone (EXISTS, nothing else since the last resync) it asks
+// for the UIDs above the last known one, so its cost follows the change,
+// not the mailbox (issue 15); endArrivals falls back to the whole list
+// when the answer does not add up. Must hold rs.mu.
+func resyncCommand(rs *relayState, sel *selection) string {
+	sel.arrivals = false
+	if first, last, floor, ok := sel.m.Unresolved(); !sel.full && ok && first > 0 && last == sel.m.UpstreamCount() && floor < math.MaxUint32 {
+		sel.arrivals, sel.floor = true, floor
+		set := strconv.FormatUint(uint64(floor)+1, 10) + ":*"
+		if rs.esearch {
+			return "UID SEARCH RETURN (ALL) UID " + set
+		}
+		return "UID SEARCH UID " + set
+	}
+	return searchAllCommand(rs)
+}
+
 // resyncIfDirty re-reads a legacy backend's UID list when it reported
 // EXPUNGE or EXISTS, and diffs it against the upstream view.
 func (ss *session) resyncIfDirty(rs *relayState) error {
@@ -112,7 +148,10 @@ func (ss *session) resyncIfDirty(rs *relayState) error {
 			return err
 		}
 	}
-	return ss.inject(rs, injectResync, searchAllCommand(rs))
+	rs.mu.Lock()
+	cmd = resyncCommand(rs, rs.sel)
+	rs.mu.Unlock()
+	return ss.inject(rs, injectResync, cmd)
 }
 
 // lateLines appends to b the FETCH data held for messages the resync has
@@ -178,7 +217,7 @@ func (ss *session) queueResync(rs *relayState, sel *selection) {
 		rs.toSend = append(rs.toSend, t+" "+cmd+"\r\n"...)
 	}
 	t := ss.injectTagLocked(rs, injectResync)
-	rs.toSend = append(rs.toSend, t+" "+searchAllCommand(rs)+"\r\n"...)
+	rs.toSend = append(rs.toSend, t+" "+resyncCommand(rs, sel)+"\r\n"...)
 }
 
 // announce tells the client of arrivals: "* n EXISTS" with its new count,
@@ -325,7 +364,7 @@ func (ss *session) injectedDone(rs *relayState, sel *selection, pc pendingCmd, o
 		// command pipelined behind the resync at once, as Dovecot does):
 		// the next command resyncs again.
 		if sel.listBad {
-			sel.dirty = true
+			sel.markDirty()
 		}
 		sel.listBad = false
 		if held := sel.heldTag; held != nil {
