@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -206,5 +207,76 @@ func TestCheckServerRefuses(t *testing.T) {
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 3 {
 			t.Errorf("check-server %v: %v, want exit status 3\n%s", args, err, out)
 		}
+	}
+}
+
+// TestCyrus23CloseSeen is scenario B's fault reduced to one session, the
+// mechanism found in Cyrus 2.3.18's source: CLOSE expunges under an index
+// lock that re-reads the mailbox header, and then writes the user's seen
+// state from a view that lacks the messages delivered since its last
+// command, extending a \Seen last message's run over them (imap/index.c,
+// index_checkseen). Directly, the delivered message ends \Seen though no
+// one read it (delivered here by another session's APPEND; LMTP does the
+// same in scenario B); through uidgate (CLOSE sent as EXPUNGE and UNSELECT) it
+// stays unseen. UNSELECT alone, directly, does not do it.
+func TestCyrus23CloseSeen(t *testing.T) {
+	be := startBackend(t, "cyrus23")
+	g := startGate(t, gateOpts{backend: deployedBackend("cyrus23", be.Addr)})
+	for i, c := range []struct {
+		name, addr, close string
+		wantSeen          bool
+	}{
+		{"direct CLOSE", be.Addr, "CLOSE", true},
+		{"direct UNSELECT", be.Addr, "UNSELECT", false},
+		{"uidgate CLOSE", g.Addr, "CLOSE", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			box := mailboxName("cyrus23", fmt.Sprintf("closeseen%d", i))
+			pc, err := dialPipe(c.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.c.Close()
+			msg := message(fmt.Sprintf("close seen %d first", i), 100)
+			if out, err := pc.run([]string{fmt.Sprintf("l LOGIN alice %q", testUsers["alice"]), "c CREATE " + box,
+				fmt.Sprintf("a APPEND %s {%d+}\r\n%s", box, len(msg), msg), "s SELECT " + box, `f STORE 1 +FLAGS (\Seen)`}, []string{"l", "c", "a", "s", "f"}); err != nil {
+				t.Fatalf("%v %q", err, out)
+			}
+			// Delivered (appended by another session) while the session
+			// holds the folder open.
+			other, err := dialPipe(be.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer other.c.Close()
+			msg = message(fmt.Sprintf("close seen %d delivered", i), 100)
+			if out, err := other.run([]string{fmt.Sprintf("l LOGIN alice %q", testUsers["alice"]), fmt.Sprintf("a APPEND %s {%d+}\r\n%s", box, len(msg), msg)}, []string{"l", "a"}); err != nil || !strings.HasPrefix(out[len(out)-1], "a OK") {
+				t.Fatalf("APPEND: %v %q", err, out)
+			}
+			if out, err := pc.run([]string{"x " + c.close}, []string{"x"}); err != nil || !strings.HasPrefix(out[len(out)-1], "x OK") {
+				t.Fatalf("%s: %v %q", c.close, err, out)
+			}
+			check, err := dialPipe(be.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer check.c.Close()
+			out, err := check.run([]string{fmt.Sprintf("l LOGIN alice %q", testUsers["alice"]), "e EXAMINE " + box, "f FETCH 1:* (UID FLAGS)"}, []string{"l", "e", "f"})
+			if err != nil {
+				t.Fatalf("%v %q", err, out)
+			}
+			var flags []string
+			for _, l := range out {
+				if strings.Contains(l, " FETCH ") {
+					flags = append(flags, l)
+				}
+			}
+			if len(flags) != 2 {
+				t.Fatalf("want the seeded and the delivered message, got %q", flags)
+			}
+			if seen := strings.Contains(flags[1], `\Seen`); seen != c.wantSeen {
+				t.Errorf("delivered message %q: \\Seen %v, want %v", flags[1], seen, c.wantSeen)
+			}
+		})
 	}
 }

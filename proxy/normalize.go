@@ -532,6 +532,12 @@ func (ss *session) onSelecting(rs *relayState, sel *selection, r *imapwire.Respo
 
 // onSelected translates an untagged response while a map is in use.
 func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Response, line []byte, out *[]byte) ([]byte, bool) {
+	if sel.closing && r.HasNum {
+		// A legacy CLOSE's EXPUNGE (injectClose): CLOSE tells the client
+		// nothing of the mailbox it leaves, its EXPUNGEs least of all
+		// (RFC 9051 §6.4.1), so no EXISTS, RECENT or FETCH either.
+		return nil, true
+	}
 	injected := rs.tags[rs.injected].inject
 	if p := ss.resyncList(rs, r, line); p != nil {
 		// A short resync list; a long one never gets here (readUpLine).
@@ -547,6 +553,17 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 			// Arrivals alone: the resync may ask for UIDs above the
 			// last known only (resyncCommand).
 			sel.dirty = true
+			if len(sel.expReports) > 0 && !sel.full {
+				// A count after EXPUNGEs not applied yet: it is applied
+				// with them (endExpunges); below what they leave, the
+				// numbers do not add up.
+				if int64(r.Num) < int64(sel.m.UpstreamCount())-int64(len(sel.expReports)) {
+					sel.markDirty()
+				} else {
+					sel.existsAfter = r.Num
+				}
+				return nil, true
+			}
 		}
 		if _, err := sel.m.Exists(r.Num); err != nil {
 			if sel.legacy {
@@ -561,7 +578,13 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 	case r.HasNum && imapwire.EqualFold(r.Name, "EXPUNGE"):
 		if sel.legacy {
 			// Never trust a legacy backend's number: find out by UID.
-			sel.markDirty()
+			// The number says where to look first (resyncCommand).
+			sel.dirty = true
+			if len(sel.expReports) < maxExpReports {
+				sel.expReports = append(sel.expReports, r.Num)
+			} else {
+				sel.full = true
+			}
 			return nil, true
 		}
 		if _, err := sel.m.ExpungeUpstream(r.Num); err != nil {
@@ -663,6 +686,11 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		}
 		return nil, true
 	}
+	if pc.inject == injectClose {
+		// Its expunges are CLOSE's, which tells the client none (RFC 9051
+		// §6.4.1): a NO (nothing to expunge, no right) changes nothing.
+		return nil, true
+	}
 	if pc.inject != injectNone {
 		if rs.injected == tag {
 			rs.injected = ""
@@ -721,6 +749,8 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 	case cmdClose, cmdUnselect:
 		if ok {
 			rs.selected, rs.readOnly, rs.sel = "", false, nil
+		} else if sel != nil {
+			sel.closing = false
 		}
 	case cmdIdle:
 		if rs.idleTag == tag {

@@ -52,6 +52,7 @@ const (
 	injectResolve            // UID FETCH n:* (UID): learn new messages' UIDs
 	injectSeen               // UID STORE +FLAGS (\Seen): explicit \Seen
 	injectFlags              // UID FETCH uids (FLAGS): legacy flag reports
+	injectClose              // EXPUNGE before a legacy CLOSE sent as UNSELECT
 )
 
 const (
@@ -434,8 +435,33 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			pc.release = release
 		}
 		rs.mu.Lock()
+		var closeExpunge []byte
+		unselect := pc.kind == cmdClose && rs.legacy && rs.sel != nil && ss.up.HasCap("UNSELECT") && bareCommand(line, cmd)
+		if unselect && !rs.readOnly {
+			// Cyrus 2.3's CLOSE expunges under an index lock that re-reads
+			// the mailbox header, then writes the user's seen state from
+			// its view of the mailbox, which lacks the messages delivered
+			// since the last command: if that view's last message is
+			// \Seen, every one of them becomes \Seen (imap/index.c,
+			// index_checkseen: "Any messages between uid+1 and
+			// mailbox->last_uid get same disposition as uid";
+			// docs/CYRUS23.md). EXPUNGE brings the view up to date after
+			// its own lock (index_check), and UNSELECT (RFC 3691) then
+			// closes without a header read: CLOSE's effect (RFC 9051
+			// §6.4.1) without the stale write. Its EXPUNGE responses never
+			// reach the client, as CLOSE sends none.
+			rs.injectN++
+			st := injectTagPrefix + itoa(rs.injectN)
+			rs.seqN++
+			rs.tags[st] = pendingCmd{kind: cmdExpunge, inject: injectClose, seq: rs.seqN, forbidsExpunge: true}
+			closeExpunge = []byte(st + " EXPUNGE\r\n")
+			rs.sel.closing = true
+		}
 		up := rs.registerLocked(tag, pc)
 		line = retag(line, tag, up)
+		if unselect {
+			line = []byte(up + " UNSELECT\r\n")
+		}
 		if pc.kind == cmdIdle {
 			rs.idleTag = up
 		}
@@ -444,6 +470,11 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			rs.sel = &selection{m: sessionmap.New(), legacy: rs.legacy, state: selPending, tag: up}
 		}
 		rs.mu.Unlock()
+		if closeExpunge != nil {
+			if err := ss.writeUp(closeExpunge, false); err != nil {
+				return err
+			}
+		}
 		if whole != nil {
 			var b builder
 			b.out = append(b.out, up...)
@@ -739,6 +770,12 @@ func takesNoArguments(cmd imapwire.Command) bool {
 		}
 	}
 	return false
+}
+
+// bareCommand reports whether line is its command's name alone, with no
+// arguments after it.
+func bareCommand(line []byte, cmd imapwire.Command) bool {
+	return !cmd.UID && len(imapwire.TrimEOL(line)) == len(cmd.Tag)+1+len(cmd.Name)
 }
 
 // refused returns why the relay answers a command itself with BAD, or "".

@@ -1,9 +1,6 @@
 package proxy
 
 import (
-	"math"
-	"strconv"
-
 	"github.com/emersion/go-imap/v2"
 
 	"uidgate/proxy/imapwire"
@@ -47,15 +44,23 @@ import (
 type schedule struct {
 	dirty   bool // legacy: resync by UID before the next command
 	listBad bool // the resync's UID list was unreadable: stay dirty
-	// full: legacy: something other than arrivals (EXPUNGE, a flag
-	// report by number, an unreadable list…) made the map dirty, so the
-	// resync reads the whole UID list. Without it, only EXISTS did, and
-	// the resync asks for the UIDs above the last known (resyncCommand).
+	// full: legacy: news other than arrivals and expunges (a flag report
+	// by number, data past the view, an unreadable list…) made the map
+	// dirty, so the resync reads the whole UID list. Without it the
+	// resync asks for what changed (resyncCommand, proxy/resync.go).
 	full bool
-	// arrivals: the resync in flight asks for arrivals only, above floor
-	// (endArrivals).
-	arrivals bool
-	floor    uint32
+	// expReports: legacy: the numbers of the EXPUNGEs the backend
+	// reported since the last resync, in its order (at most
+	// maxExpReports; beyond, full).
+	expReports []uint32
+	// existsAfter: legacy: an EXISTS count the backend reported after
+	// those EXPUNGEs, applied with them.
+	existsAfter uint32
+	// cheap: the kind of the resync in flight, and what it asked about.
+	cheap    resyncKind
+	floor    uint32      // resyncArrivals: the last UID known before them
+	expCands imap.UIDSet // resyncExpunges: the UIDs asked about
+	expSent  int         // resyncExpunges: len(expReports) when sent
 	// flagCands: legacy: UIDs the backend reported flag changes for by
 	// number alone; refetched by UID before the resync (flagFetch).
 	flagCands imap.UIDSet
@@ -72,6 +77,9 @@ type schedule struct {
 	// (heldSeq is that command's place in the sending order).
 	heldTag []byte
 	heldSeq uint64
+	// closing: a legacy CLOSE's EXPUNGE is on its way (injectClose):
+	// nothing numbered reaches the client any more.
+	closing bool
 }
 
 // idleCycle is where uidgate is in leaving and re-entering a legacy
@@ -99,29 +107,6 @@ const maxLateBytes = 64 << 10
 // maxFlagCands bounds the UIDs remembered for a flag refetch; beyond it
 // the reports are dropped (and logged), not the session's memory.
 const maxFlagCands = 1024
-
-// markDirty makes the next resync read the whole UID list.
-func (s *schedule) markDirty() {
-	s.dirty, s.full = true, true
-}
-
-// resyncCommand is the command that resyncs a dirty legacy map. After
-// arrivals alone (EXISTS, nothing else since the last resync) it asks
-// for the UIDs above the last known one, so its cost follows the change,
-// not the mailbox (issue 15); endArrivals falls back to the whole list
-// when the answer does not add up. Must hold rs.mu.
-func resyncCommand(rs *relayState, sel *selection) string {
-	sel.arrivals = false
-	if first, last, floor, ok := sel.m.Unresolved(); !sel.full && ok && first > 0 && last == sel.m.UpstreamCount() && floor < math.MaxUint32 {
-		sel.arrivals, sel.floor = true, floor
-		set := strconv.FormatUint(uint64(floor)+1, 10) + ":*"
-		if rs.esearch {
-			return "UID SEARCH RETURN (ALL) UID " + set
-		}
-		return "UID SEARCH UID " + set
-	}
-	return searchAllCommand(rs)
-}
 
 // resyncIfDirty re-reads a legacy backend's UID list when it reported
 // EXPUNGE or EXISTS, and diffs it against the upstream view.

@@ -481,65 +481,23 @@ func (ss *session) endResyncList(rs *relayState, sel *selection, p *uidList) []b
 		sel.listBad = true
 		return nil
 	}
-	if sel.arrivals {
-		sel.arrivals = false
+	if kind := sel.cheap; kind != resyncFull {
+		sel.cheap = resyncFull
 		set := p.ranges.set
 		p.ranges.set = nil
-		return ss.endArrivals(rs, sel, set)
+		if kind == resyncArrivals {
+			return ss.endArrivals(rs, sel, set)
+		}
+		return ss.endExpunges(rs, sel, set)
 	}
 	ss.srv.Metrics.resync()
 	st, err := sel.m.ResyncSet(p.ranges.set)
 	p.ranges.set = nil
-	sel.full = false
+	sel.full, sel.expReports, sel.existsAfter = false, sel.expReports[:0], 0
 	ss.log.Debug().Uint32("expunged", st.Expunged).Uint32("added", st.Added).Uint32("resolved", st.Resolved).Msg("resync")
 	if err != nil {
 		ss.log.Warn().Err(err).Msg("resync conflict")
 	}
-	sel.dirty = false
-	var out []byte
-	return ss.announce(rs, sel, &out, nil)
-}
-
-// endArrivals applies the answer of an arrivals-only resync ("UID SEARCH
-// UID floor+1:*", resyncCommand): the UIDs above floor are the messages
-// that arrived, in order, and they are the placeholders EXISTS added at
-// the end of the map only if there are as many. Anything else (news other
-// than arrivals came meanwhile, more or fewer UIDs than EXISTS counted: a
-// delivery racing the search, an arrival already expunged, a backend whose
-// count is off) makes the next resync read the whole list: the map learns
-// UIDs only, never an expunge, from this answer. A "*" that names a UID
-// below floor+1 (nothing above it) is left out (RFC 9051 §6.4.8: "n:*"
-// includes the last message whatever n). Must hold rs.mu.
-func (ss *session) endArrivals(rs *relayState, sel *selection, set imap.UIDSet) []byte {
-	if sel.full {
-		return nil // stays dirty: the next resync reads the whole list
-	}
-	first, last, _, ok := sel.m.Unresolved()
-	want := uint64(last) - uint64(first) + 1
-	var got uint64
-	for _, r := range set {
-		if lo, hi := max(uint64(r.Start), uint64(sel.floor)+1), uint64(r.Stop); hi >= lo {
-			got += hi - lo + 1
-		}
-	}
-	if !ok || got != want {
-		ss.log.Debug().Uint64("arrivals", got).Uint64("exists", want).Msg("arrivals resync does not add up; the whole list next")
-		sel.markDirty()
-		return nil
-	}
-	n := first
-	for _, r := range set {
-		lo := max(uint32(r.Start), sel.floor+1)
-		for u := uint64(lo); u <= uint64(r.Stop); u++ {
-			if err := sel.m.Resolve(n, uint32(u)); err != nil {
-				ss.log.Warn().Err(err).Msg("arrivals resync conflict; the whole list next")
-				sel.markDirty()
-				return nil
-			}
-			n++
-		}
-	}
-	ss.srv.Metrics.resync()
 	sel.dirty = false
 	var out []byte
 	return ss.announce(rs, sel, &out, nil)

@@ -23,7 +23,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -101,6 +103,20 @@ type Common struct {
 	MaxDuration time.Duration
 	// Dial connects to Addr (default: TCP).
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	// runID makes the run's Message-IDs its own: a server that suppresses
+	// duplicate deliveries (Cyrus: duplicatesuppression, on by default)
+	// drops a message whose Message-ID an earlier run with the same seed
+	// delivered, and a run without its deliveries races nothing.
+	runID string
+}
+
+// runN numbers the runs of this process (with its start time: unique).
+var runN atomic.Int64
+
+// msgID is the Message-ID of a round's message.
+func (c *Common) msgID(scenario string, round int, which any) string {
+	return fmt.Sprintf("%s%d.%s.%d.%v@uidgate.test", scenario, c.Seed, c.runID, round, which)
 }
 
 func (c *Common) defaults() error {
@@ -119,8 +135,11 @@ func (c *Common) defaults() error {
 	if c.MaxDuration <= 0 {
 		c.MaxDuration = DefaultMaxDuration
 	}
+	c.runID = strconv.FormatInt(processStart, 36) + "-" + strconv.FormatInt(runN.Add(1), 10)
 	return nil
 }
+
+var processStart = time.Now().UnixNano()
 
 // run drives the rounds: it stops after c.Rounds, at the time bound or when
 // ctx ends; a failed round counts as an error and its clients are replaced
@@ -226,7 +245,7 @@ func roundA(ctx context.Context, cfg *ACfg, rng *rand.Rand, round int, s1, s2 *c
 	ids := make([]string, n)
 	msgs := make([]legacysim.NewMessage, n)
 	for i := range msgs {
-		ids[i] = fmt.Sprintf("a%d.%d.%d@uidgate.test", cfg.Seed, round, i+1)
+		ids[i] = cfg.msgID("a", round, i+1)
 		msgs[i] = legacysim.NewMessage{Body: message(ids[i], fmt.Sprintf("round %d message %d", round, i+1))}
 	}
 	var uids []imap.UID
@@ -479,7 +498,7 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 	msgs := make([]legacysim.NewMessage, n0)
 	preSeen := map[int]bool{}
 	for i := range msgs {
-		id := fmt.Sprintf("b%d.%d.%d@uidgate.test", cfg.Seed, round, i+1)
+		id := cfg.msgID("b", round, i+1)
 		msgs[i] = legacysim.NewMessage{Body: message(id, fmt.Sprintf("round %d message %d", round, i+1))}
 		if rng.IntN(4) == 0 {
 			msgs[i].Flags = []imap.Flag{imap.FlagSeen}
@@ -506,7 +525,7 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 	delivered := 0
 	deliver := func(ctx context.Context) error {
 		delivered++
-		id := fmt.Sprintf("b%d.%d.new%d@uidgate.test", cfg.Seed, round, delivered)
+		id := cfg.msgID("b", round, fmt.Sprintf("new%d", delivered))
 		body := message(id, fmt.Sprintf("round %d delivery %d", round, delivered))
 		if cfg.Deliver != nil {
 			return cfg.Deliver(ctx, body)
@@ -594,9 +613,14 @@ func roundB(ctx context.Context, cfg *BCfg, rng *rand.Rand, round int, sessions 
 		if err != nil {
 			return err
 		}
+		if len(truth) != n0+delivered {
+			// Nothing in B expunges: a round that lost deliveries raced
+			// none, and its verdict would mean nothing.
+			return fmt.Errorf("round %d: the mailbox holds %d messages after %d seeded and %d delivered (deliveries dropped, e.g. as duplicates?)", round, len(truth), n0, delivered)
+		}
 		want := map[string]bool{}
 		for i := range preSeen {
-			want[fmt.Sprintf("b%d.%d.%d@uidgate.test", cfg.Seed, round, i+1)] = true
+			want[cfg.msgID("b", round, i+1)] = true
 		}
 		var stores []uint32
 		for _, ops := range done {
