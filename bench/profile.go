@@ -23,7 +23,7 @@ func (b *bench) profileAll(ctx context.Context) error {
 	if err := os.MkdirAll(b.o.profile, 0o755); err != nil {
 		return err
 	}
-	t := b.targets()[1]
+	t := b.targets(b.dcs)[1]
 	maxSessions := "1"
 	for _, s := range strings.Split(b.o.smallSessions, ",") {
 		maxSessions = strings.TrimSpace(s)
@@ -49,7 +49,7 @@ func (b *bench) profileAll(ctx context.Context) error {
 			return err
 		}
 		prof := func(ctx context.Context, kind, file string) error {
-			return fetchProfile(ctx, "http://"+b.ug.pprof+"/debug/pprof/"+kind, filepath.Join(b.o.profile, file))
+			return fetchProfile(ctx, "http://"+b.dcs.ug.pprof+"/debug/pprof/"+kind, filepath.Join(b.o.profile, file))
 		}
 		var wg syncErrs
 		if j.cpuSecs > 0 {
@@ -80,14 +80,16 @@ func (b *bench) profileAll(ctx context.Context) error {
 	return nil
 }
 
-// startProfiled replaces uidgate with a fresh one built with pprof.
+// startProfiled replaces Dovecot's uidgate with a fresh one built with
+// pprof.
 func (b *bench) startProfiled(ctx context.Context) error {
-	if b.ug != nil {
-		b.ps.stop(b.ug.proc)
-		b.ug = nil
+	st := b.dcs
+	if st.ug != nil {
+		b.ps.stop(st.ug.proc)
+		st.ug = nil
 	}
 	var err error
-	b.ug, err = startUidgate(ctx, b.ps, b.work, b.profBin, b.dc.addr, true, b.o.perUserLocks, b.envList())
+	st.ug, err = startUidgate(ctx, b.ps, st.dir, b.profBin, st.backend, st.addr, true, st.gateConf, b.gateLimits, b.envList())
 	return err
 }
 

@@ -15,8 +15,12 @@ import (
 	"time"
 )
 
-// sample is one run's numbers for one workload, parameter and target.
+// sample is one run's numbers for one backend, workload, parameter and
+// target.
 type sample struct {
+	// Backend is "cyrus23" or "dovecot"; files of older runs have none:
+	// they measured Dovecot.
+	Backend  string             `json:"backend,omitempty"`
 	Workload string             `json:"workload"`
 	Param    string             `json:"param"`
 	Target   string             `json:"target"`
@@ -52,6 +56,35 @@ func median(xs []float64) stat {
 		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
 	return stat{median: m, min: s[0], max: s[len(s)-1], n: len(s)}
+}
+
+// view returns b with only the samples of backend, so that the report's
+// lookups (get, params) see one backend at a time.
+func (b *bench) view(backend string) *bench {
+	v := *b
+	v.samples = nil
+	for _, s := range b.samples {
+		if s.Backend == backend || s.Backend == "" && backend == "dovecot" {
+			v.samples = append(v.samples, s)
+		}
+	}
+	return &v
+}
+
+// sum returns the total of metric over every run of workload/param
+// against target, and how many runs had it.
+func (b *bench) sum(workload, param, target, metric string) (float64, int) {
+	var total float64
+	n := 0
+	for _, s := range b.samples {
+		if s.Workload == workload && s.Param == param && s.Target == target {
+			if v, ok := s.Metrics[metric]; ok {
+				total += v
+				n++
+			}
+		}
+	}
+	return total, n
 }
 
 // get returns the median of metric over every run of workload/param
@@ -151,14 +184,7 @@ func (b *bench) report() error {
 	b.writeReport(&md)
 	fmt.Println(md.String())
 	if b.o.results != "" {
-		var raw bytes.Buffer
-		enc := json.NewEncoder(&raw)
-		enc.Encode(resultsMeta{Meta: true, Argv: b.argv, Started: b.started, Runs: b.o.runs, IdleRuns: b.o.idleRuns,
-			AppendSize: b.o.appendSize, AppendCount: b.o.appendCount, Notes: b.notes})
-		for _, s := range b.samples {
-			enc.Encode(s)
-		}
-		if err := os.WriteFile(b.o.results, raw.Bytes(), 0o644); err != nil {
+		if err := b.writeResults(); err != nil {
 			return err
 		}
 	}
@@ -176,6 +202,19 @@ func (b *bench) report() error {
 	return nil
 }
 
+// writeResults writes every run's numbers to the -results file.
+func (b *bench) writeResults() error {
+	var raw bytes.Buffer
+	enc := json.NewEncoder(&raw)
+	enc.Encode(resultsMeta{Meta: true, Argv: b.argv, Started: b.started, Runs: b.o.runs, IdleRuns: b.o.idleRuns,
+		AppendSize: b.o.appendSize, AppendCount: b.o.appendCount, Notes: b.notes,
+		C23Users: b.o.c23Users, InboxMsgs: b.o.inboxMsgs, InboxSize: b.o.inboxSize, ScenarioRounds: b.o.scenarioRounds})
+	for _, s := range b.samples {
+		enc.Encode(s)
+	}
+	return os.WriteFile(b.o.results, raw.Bytes(), 0o644)
+}
+
 // resultsMeta is the first line of a -results file: what the report
 // needs besides the samples, so that -report-from can write it again.
 type resultsMeta struct {
@@ -187,6 +226,11 @@ type resultsMeta struct {
 	AppendSize  int64     `json:"append_size"`
 	AppendCount int       `json:"append_count"`
 	Notes       []string  `json:"notes"`
+
+	C23Users       int `json:"cyrus23_users,omitempty"`
+	InboxMsgs      int `json:"inbox_msgs,omitempty"`
+	InboxSize      int `json:"inbox_size,omitempty"`
+	ScenarioRounds int `json:"scenario_rounds,omitempty"`
 }
 
 // loadResults reads a -results file back into b (for -report-from).
@@ -202,6 +246,7 @@ func (b *bench) loadResults(file string) error {
 	}
 	b.argv, b.started, b.notes = m.Argv, m.Started, m.Notes
 	b.o.runs, b.o.idleRuns, b.o.appendSize, b.o.appendCount = m.Runs, m.IdleRuns, m.AppendSize, m.AppendCount
+	b.o.c23Users, b.o.inboxMsgs, b.o.inboxSize, b.o.scenarioRounds = m.C23Users, m.InboxMsgs, m.InboxSize, m.ScenarioRounds
 	for dec.More() {
 		var s sample
 		if err := dec.Decode(&s); err != nil {
@@ -227,25 +272,181 @@ func (b *bench) command() string {
 func (b *bench) writeReport(w *bytes.Buffer) {
 	o := b.o
 	fmt.Fprintf(w, "Command (from the repository root, as root):\n\n    %s\n\n", b.command())
-	fmt.Fprintf(w, "Run %s (UTC) on %s.\n", b.started.UTC().Format("2006-01-02 15:04"), machine())
-	fmt.Fprintf(w, "Medians of %d runs per target (idle: %d), targets in rotating order; "+
+	fmt.Fprintf(w, "Run %s (UTC) on %s.\n", b.started.UTC().Format("2006-01-02 15:04"), b.machine())
+	idle := ""
+	if len(b.view("dovecot").params("idle")) > 0 {
+		idle = fmt.Sprintf(" (idle: %d)", o.idleRuns)
+	}
+	fmt.Fprintf(w, "Medians of %d runs per target%s, targets in rotating order; "+
 		"±x%% is half the range of the runs relative to the median. "+
 		"Latency is per command, from writing it to its tagged response, closed loop. "+
 		"1 MB = 10^6 bytes. Memory is the proxy's RSS from /proc (nginx: its worker), "+
-		"on a freshly started proxy for SELECT, APPEND and IDLE.\n\n", o.runs, o.idleRuns)
+		"on a freshly started proxy for SELECT, APPEND and IDLE.\n\n", o.runs, idle)
 	for _, n := range b.notes {
 		fmt.Fprintf(w, "Note: %s\n\n", n)
 	}
+	// Cyrus 2.3 first: the server uidgate is deployed in front of.
+	if v := b.view("cyrus23"); len(v.samples) > 0 {
+		v.writeCyrus23(w)
+	}
+	if v := b.view("dovecot"); len(v.samples) > 0 {
+		v.writeDovecot(w)
+	}
+}
 
+// writeTable writes rows as the table of medians: direct, uidgate, nginx
+// and the ratios. Rows without any value are left out.
+func (b *bench) writeTable(w *bytes.Buffer, rows []row) {
+	fmt.Fprintln(w, "| workload | unit | direct | uidgate | nginx | uidgate ÷ direct | uidgate ÷ nginx |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
+	for _, r := range rows {
+		d := b.get(r.workload, r.param, "direct", r.metric)
+		u := b.get(r.workload, r.param, "uidgate", r.metric)
+		n := b.get(r.workload, r.param, "nginx", r.metric)
+		if !d.ok() && !u.ok() && !n.ok() {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.what, r.unit,
+			b.cell(d, r.digits), b.cell(u, r.digits), b.cell(n, r.digits), ratio(u, d), ratio(u, n))
+	}
+	fmt.Fprintln(w)
+}
+
+// smallRows are the rows of the small-command workload, what naming it.
+func (b *bench) smallRows(what string) []row {
 	var rows []row
 	for _, p := range b.params("small") {
 		rows = append(rows,
-			row{what: "small commands, " + p + ": p50", unit: "µs", workload: "small", param: p, metric: "p50_us", lower: true},
-			row{what: "small commands, " + p + ": p99", unit: "µs", workload: "small", param: p, metric: "p99_us", lower: true},
-			row{what: "small commands, " + p + ": throughput", unit: "cmd/s", workload: "small", param: p, metric: "ops_per_s"},
-			row{what: "small commands, " + p + ": proxy CPU per command", unit: "µs", workload: "small", param: p, metric: "cpu_us_per_op", lower: true},
+			row{what: what + ", " + p + ": p50", unit: "µs", workload: "small", param: p, metric: "p50_us", lower: true},
+			row{what: what + ", " + p + ": p99", unit: "µs", workload: "small", param: p, metric: "p99_us", lower: true},
+			row{what: what + ", " + p + ": throughput", unit: "cmd/s", workload: "small", param: p, metric: "ops_per_s"},
+			row{what: what + ", " + p + ": proxy CPU per command", unit: "µs", workload: "small", param: p, metric: "cpu_us_per_op", lower: true},
 		)
 	}
+	return rows
+}
+
+// byOp is one command of the small workload: its key in imapload's by_op
+// (cmd/imapload smallOps, seenOps) and its column heading.
+type byOp struct{ key, heading string }
+
+// writeByOp writes the small workload's p50 by command.
+func (b *bench) writeByOp(w *bytes.Buffer, title string, ops []byOp) {
+	ps := b.params("small")
+	if len(ps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%s, p50 by command (µs; direct / uidgate / nginx):\n\n", title)
+	fmt.Fprint(w, "| sessions |")
+	for _, op := range ops {
+		fmt.Fprintf(w, " %s |", op.heading)
+	}
+	fmt.Fprint(w, "\n|---|")
+	fmt.Fprintln(w, strings.Repeat("---:|", len(ops)))
+	for _, p := range ps {
+		fmt.Fprintf(w, "| %s |", p)
+		for _, op := range ops {
+			var cells []string
+			for _, t := range []string{"direct", "uidgate", "nginx"} {
+				st := b.get("small", p, t, "p50_us_"+op.key)
+				if st.ok() {
+					cells = append(cells, fmtNum(st.median, 0))
+				} else {
+					cells = append(cells, "—")
+				}
+			}
+			fmt.Fprintf(w, " %s |", strings.Join(cells, " / "))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w)
+}
+
+// flagOps are the commands of imapload's default mix (-mix flags).
+var flagOps = []byOp{
+	{"NOOP", "NOOP"}, {"FETCH", "FETCH n (FLAGS)"}, {"STORE+", "STORE n +FLAGS"}, {"STORE-", "STORE n −FLAGS"},
+}
+
+// seenOps are the commands of imapload -mix seen.
+var seenOps = []byOp{
+	{"NOOP", "NOOP"}, {"FETCH", "FETCH n (FLAGS)"},
+	{"STORE+", `STORE n +FLAGS (\Flagged)`}, {"STORE-", `STORE n −FLAGS (\Flagged)`},
+	{"FETCHBODY", "FETCH n BODY[]"}, {"STORE+Seen", `STORE n +FLAGS (\Seen)`}, {"STORE-Seen", `STORE n −FLAGS (\Seen)`},
+}
+
+// scenarioWhat describes the seed's scenarios (e2e/scenarios).
+var scenarioWhat = map[string]string{
+	"A": "scenario A (STORE n +FLAGS (\\Deleted) by number while another session expunges)",
+	"B": "scenario B (\\Seen by STORE n and FETCH n BODY[] in 3 sessions while LMTP delivers)",
+}
+
+// writeCyrus23 writes the Cyrus 2.3 section.
+func (b *bench) writeCyrus23(w *bytes.Buffer) {
+	o := b.o
+	version := cyrus23Version
+	fmt.Fprintf(w, "### Cyrus %s, uidgate legacy = true (the deployed configuration)\n\n", version)
+	fmt.Fprintf(w, "uidgate's `[[backend]]`: `legacy = true`, `cyrus_namespace = true`, `explicit_seen = \"on\"`. "+
+		"Cyrus %s built by `.ci/install-deps`, started by `e2e/backends` (an imapd forked per connection), "+
+		"filled over LMTP: %d users with %d messages of %d B in their INBOX (session i logs in as user i mod %d), "+
+		"and one INBOX for the SELECT. Small commands: `imapload -mix seen`, a loop of NOOP, FETCH n (FLAGS), "+
+		"STORE n ±FLAGS (\\Flagged), FETCH n BODY[] (not PEEK: it sets \\Seen), STORE n ±FLAGS (\\Seen).\n\n",
+		version, o.c23Users, o.inboxMsgs, o.inboxSize, o.c23Users)
+	rows := b.smallRows("small commands with \\Seen")
+	for _, p := range b.params("select") {
+		rows = append(rows,
+			row{what: "SELECT, " + p + ": time to tagged OK", unit: "ms", workload: "select", param: p, metric: "select_ms", digits: 1, lower: true},
+			row{what: "then UID SEARCH ALL", unit: "ms", workload: "select", param: p, metric: "search_ms", digits: 1, lower: true},
+			row{what: "SELECT, " + p + ": proxy peak RSS increase", unit: "KB", workload: "select", param: p, metric: "peak_kb", lower: true},
+		)
+	}
+	for _, p := range b.params("scenarios") {
+		rows = append(rows, row{what: scenarioWhat[p] + ": time per round", unit: "ms", workload: "scenarios", param: p, metric: "ms_per_round", lower: true})
+	}
+	b.writeTable(w, rows)
+	b.writeByOp(w, "Small commands with \\Seen", seenOps)
+
+	ps := b.params("scenarios")
+	if len(ps) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "The seed's scenarios (`e2e/scenarios` in their real-server mode, as `TestRealScenarios` runs them: "+
+		"sessions of one user, the truth read from Cyrus itself after every round), %d rounds per run, "+
+		"each run with a seed of its own (Cyrus drops a delivery whose Message-ID it delivered before); "+
+		"totals over the runs:\n\n", o.scenarioRounds)
+	fmt.Fprintln(w, "| scenario | target | rounds | wall time | rounds/s | wrong-message writes | missed writes | lost \\Seen | spurious \\Seen | failed rounds |")
+	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, p := range ps {
+		for _, t := range []string{"direct", "uidgate", "nginx"} {
+			rounds, n := b.sum("scenarios", p, t, "rounds")
+			if n == 0 {
+				continue
+			}
+			wall := 0.0 // seconds: each run's time per round × its rounds
+			for _, s := range b.samples {
+				if s.Workload == "scenarios" && s.Param == p && s.Target == t {
+					wall += s.Metrics["ms_per_round"] * s.Metrics["rounds"] / 1000
+				}
+			}
+			perS := "—"
+			if wall > 0 {
+				perS = fmtNum(rounds/wall, 1)
+			}
+			cell := func(metric string) string {
+				v, _ := b.sum("scenarios", p, t, metric)
+				return fmtNum(v, 0)
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s s | %s | %s | %s | %s | %s | %s |\n", p, t, fmtNum(rounds, 0), fmtNum(wall, 1), perS,
+				cell("wrong"), cell("missed"), cell("lost_seen"), cell("spurious_seen"), cell("errors"))
+		}
+	}
+	fmt.Fprintln(w)
+}
+
+// writeDovecot writes the Dovecot section.
+func (b *bench) writeDovecot(w *bytes.Buffer) {
+	fmt.Fprintln(w, "### Dovecot 2.3, uidgate with its defaults (legacy = false)")
+	fmt.Fprintln(w)
+	rows := b.smallRows("small commands")
 	for _, p := range b.params("bulk") {
 		rows = append(rows,
 			row{what: "FETCH 1:* BODY.PEEK[], " + p, unit: "MB/s", workload: "bulk", param: p, metric: "mb_per_s"},
@@ -273,43 +474,8 @@ func (b *bench) writeReport(w *bytes.Buffer) {
 			row{what: "IDLE, " + p + ": proxy RSS per session", unit: "KB", workload: "idle", param: p, metric: "kb_per_session", digits: 1, lower: true},
 		)
 	}
-	fmt.Fprintln(w, "| workload | unit | direct | uidgate | nginx | uidgate ÷ direct | uidgate ÷ nginx |")
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|---:|---:|")
-	for _, r := range rows {
-		d := b.get(r.workload, r.param, "direct", r.metric)
-		u := b.get(r.workload, r.param, "uidgate", r.metric)
-		n := b.get(r.workload, r.param, "nginx", r.metric)
-		if !d.ok() && !u.ok() && !n.ok() {
-			continue
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.what, r.unit,
-			b.cell(d, r.digits), b.cell(u, r.digits), b.cell(n, r.digits), ratio(u, d), ratio(u, n))
-	}
-	fmt.Fprintln(w)
-
-	if ps := b.params("small"); len(ps) > 0 {
-		fmt.Fprintln(w, "Small commands, p50 by command (µs; direct / uidgate / nginx):")
-		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| sessions | NOOP | FETCH n (FLAGS) | STORE n +FLAGS | STORE n −FLAGS |")
-		fmt.Fprintln(w, "|---|---:|---:|---:|---:|")
-		for _, p := range ps {
-			fmt.Fprintf(w, "| %s |", p)
-			for _, op := range []string{"NOOP", "FETCH", "STORE+", "STORE-"} {
-				var cells []string
-				for _, t := range []string{"direct", "uidgate", "nginx"} {
-					st := b.get("small", p, t, "p50_us_"+op)
-					if st.ok() {
-						cells = append(cells, fmtNum(st.median, 0))
-					} else {
-						cells = append(cells, "—")
-					}
-				}
-				fmt.Fprintf(w, " %s |", strings.Join(cells, " / "))
-			}
-			fmt.Fprintln(w)
-		}
-		fmt.Fprintln(w)
-	}
+	b.writeTable(w, rows)
+	b.writeByOp(w, "Small commands", flagOps)
 
 	fmt.Fprintln(w, "Targets of issue 7:")
 	fmt.Fprintln(w)
@@ -433,8 +599,9 @@ func (b *bench) pairedBuildRatio(param string) (stat, []float64) {
 	return median(rs), rs
 }
 
-// machine describes where the benchmark ran.
-func machine() string {
+// machine describes where the benchmark ran, and the versions of the
+// servers the report has numbers of.
+func (b *bench) machine() string {
 	model := "unknown CPU"
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
@@ -451,11 +618,18 @@ func machine() string {
 		mem = fmt.Sprintf(", %d GB", (kb+(1<<19))>>20)
 	}
 	kernel, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	dv, _ := exec.Command("dovecot", "--version").Output()
+	servers := ""
+	if len(b.view("cyrus23").samples) > 0 {
+		servers += ", Cyrus IMAP " + cyrus23Version
+	}
+	if len(b.view("dovecot").samples) > 0 {
+		dv, _ := exec.Command("dovecot", "--version").Output()
+		servers += ", Dovecot " + strings.Fields(string(dv) + " ?")[0]
+	}
 	nv, _ := exec.Command("nginx", "-v").CombinedOutput()
-	return fmt.Sprintf("%d CPUs (%s)%s, Linux %s, %s, Dovecot %s, %s",
+	return fmt.Sprintf("%d CPUs (%s)%s, Linux %s, %s%s, %s",
 		runtime.NumCPU(), model, mem, strings.TrimSpace(string(kernel)), runtime.Version(),
-		strings.Fields(string(dv) + " ?")[0], strings.TrimPrefix(strings.TrimSpace(string(nv)), "nginx version: "))
+		servers, strings.TrimPrefix(strings.TrimSpace(string(nv)), "nginx version: "))
 }
 
 // Markers delimit the generated part of the "Load benchmarks" section;

@@ -78,7 +78,7 @@ func (b *bench) measure(ctx context.Context, t *target, args []string, probe *ho
 	smp := startSampler(pids, 25*time.Millisecond)
 
 	full := append([]string{"-addr", t.addr(), "-label", t.name, "-user", "bench%d",
-		"-users", strconv.Itoa(b.o.users), "-pass", password, "-max-time", "50m"}, args...)
+		"-users", strconv.Itoa(t.users), "-pass", password, "-max-time", "50m"}, args...)
 	cctx, cancel := context.WithTimeout(ctx, time.Hour)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, b.imaploadBin, full...)
@@ -156,19 +156,17 @@ func rotate(ts []*target, k int) []*target {
 	return out
 }
 
-// runAll runs every selected workload, then writes the report.
-func (b *bench) runAll(ctx context.Context) error {
-	ts := b.targets()
-	want := map[string]bool{}
-	for _, w := range strings.Split(b.o.workloads, ",") {
-		w = strings.TrimSpace(w)
-		switch w {
-		case "small", "bulk", "select", "idle", "append", "none":
-			want[w] = true
-		default:
-			return fmt.Errorf("unknown workload %q in -workloads", w)
-		}
-	}
+// workloadStep is one workload of a backend: its name in -workloads and
+// what runs it against the targets.
+type workloadStep struct {
+	name string
+	fn   func(context.Context, []*target) error
+}
+
+// runAll warms up st's targets and runs every step that -workloads
+// selects against them.
+func (b *bench) runAll(ctx context.Context, st *stack, steps []workloadStep) error {
+	ts := b.targets(st)
 	// Warm every target once: the proxies' first sessions pay for heap
 	// growth and code paging that later ones do not.
 	for _, t := range ts {
@@ -176,42 +174,35 @@ func (b *bench) runAll(ctx context.Context) error {
 			return fmt.Errorf("warm-up of %s: %w", t.name, err)
 		}
 	}
-	steps := []struct {
-		name string
-		fn   func(context.Context, []*target) error
-	}{
-		{"small", b.runSmall},
-		{"bulk", b.runBulk},
-		{"select", b.runSelect},
-		{"append", b.runAppend},
-		{"idle", b.runIdle},
-	}
 	for _, s := range steps {
-		if !want[s.name] {
+		if !b.workloads[s.name] {
 			continue
 		}
 		t0 := time.Now()
 		if err := s.fn(ctx, ts); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
-		b.logf("%s done in %.0fs", s.name, time.Since(t0).Seconds())
+		b.logf("%s %s done in %.0fs", st.backend, s.name, time.Since(t0).Seconds())
 	}
-	return b.report()
+	return nil
 }
 
-// record keeps one measurement.
-func (b *bench) record(workload, param, tgt string, run int, m map[string]float64) {
-	b.samples = append(b.samples, sample{Workload: workload, Param: param, Target: tgt, Run: run, Metrics: m})
+// record keeps one measurement of target t.
+func (b *bench) record(workload, param string, t *target, run int, m map[string]float64) {
+	b.samples = append(b.samples, sample{Backend: t.backend, Workload: workload, Param: param, Target: t.name, Run: run, Metrics: m})
 }
 
-func (b *bench) runSmall(ctx context.Context, ts []*target) error {
-	for _, s := range strings.Split(b.o.smallSessions, ",") {
+// runSmall runs the small-command workload at each of the comma-separated
+// session counts; extra is added to imapload's arguments (-mix).
+func (b *bench) runSmall(ctx context.Context, ts []*target, sessions string, extra []string) error {
+	for _, s := range strings.Split(sessions, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n < 1 {
-			return fmt.Errorf("bad -small-sessions %q", b.o.smallSessions)
+			return fmt.Errorf("bad session counts %q", sessions)
 		}
 		param := fmt.Sprintf("%d sessions", n)
 		args := []string{"-workload", "small", "-sessions", strconv.Itoa(n), "-duration", b.o.smallDuration.String(), "-concurrency", "50"}
+		args = append(args, extra...)
 		for r := 0; r < b.o.runs; r++ {
 			for _, t := range rotate(ts, r) {
 				out, err := b.measure(ctx, t, args, nil)
@@ -229,8 +220,8 @@ func (b *bench) runSmall(ctx context.Context, ts []*target) error {
 				if t.pids != nil && out.res.Ops > 0 {
 					m["cpu_us_per_op"] = float64(out.cpu.Microseconds()) / float64(out.res.Ops)
 				}
-				b.record("small", param, t.name, r, m)
-				b.logf("small %s %-7s run %d: p50 %.0f µs p99 %.0f µs %.0f cmd/s", param, t.name, r+1, out.res.P50us, out.res.P99us, out.res.OpsPerS)
+				b.record("small", param, t, r, m)
+				b.logf("%s small %s %-7s run %d: p50 %.0f µs p99 %.0f µs %.0f cmd/s", t.backend, param, t.name, r+1, out.res.P50us, out.res.P99us, out.res.OpsPerS)
 			}
 		}
 	}
@@ -250,7 +241,7 @@ func (b *bench) runBulk(ctx context.Context, ts []*target) error {
 			if t.pids != nil && out.res.DurationS > 0 {
 				m["cpu_pct"] = 100 * out.cpu.Seconds() / out.res.DurationS
 			}
-			b.record("bulk", param, t.name, r, m)
+			b.record("bulk", param, t, r, m)
 			b.logf("bulk %-7s run %d: %.0f MB/s", t.name, r+1, out.res.MBps)
 		}
 	}
@@ -273,6 +264,13 @@ func (b *bench) runSelectStep(ctx context.Context, ts []*target, step int) error
 	}
 	args := []string{"-workload", "select", "-mailbox", bigFolder(step), "-rounds", "1", "-search", "esearch",
 		"-hold", b.o.selectHold.String(), "-timeout", "10m"}
+	return b.runSelectBox(ctx, ts, param, args, b.o.selectMsgs)
+}
+
+// runSelectBox runs imapload's select workload (args) against each target,
+// each on a freshly started proxy, and checks that every SELECT saw want
+// messages.
+func (b *bench) runSelectBox(ctx context.Context, ts []*target, param string, args []string, want int) error {
 	for r := 0; r < b.o.runs; r++ {
 		for _, t := range rotate(ts, r) {
 			if t.restart != nil {
@@ -284,15 +282,15 @@ func (b *bench) runSelectStep(ctx context.Context, ts []*target, step int) error
 			if err != nil {
 				return err
 			}
-			if out.res.Messages != int64(b.o.selectMsgs) {
-				return fmt.Errorf("SELECT through %s saw %d messages, want %d", t.name, out.res.Messages, b.o.selectMsgs)
+			if out.res.Messages != int64(want) {
+				return fmt.Errorf("SELECT through %s saw %d messages, want %d", t.name, out.res.Messages, want)
 			}
 			m := map[string]float64{"select_ms": out.res.SelectMS, "search_ms": out.res.SearchMS}
 			if t.pids != nil {
 				m["peak_kb"] = float64(out.peak-out.base) / 1024
 			}
-			b.record("select", param, t.name, r, m)
-			b.logf("select %-7s run %d: SELECT %.0f ms, UID SEARCH %.0f ms, peak +%.0f KB", t.name, r+1, out.res.SelectMS, out.res.SearchMS, float64(out.peak-out.base)/1024)
+			b.record("select", param, t, r, m)
+			b.logf("%s select %-7s run %d: SELECT %.0f ms, UID SEARCH %.0f ms, peak +%.0f KB", t.backend, t.name, r+1, out.res.SelectMS, out.res.SearchMS, float64(out.peak-out.base)/1024)
 		}
 	}
 	return nil
@@ -339,7 +337,7 @@ func (b *bench) runAppendSize(ctx context.Context, ts []*target, size int64) err
 				m["peak_kb"] = float64(out.peak-out.base) / 1024
 				m["base_kb"] = float64(out.base) / 1024
 			}
-			b.record("append", param, t.name, r, m)
+			b.record("append", param, t, r, m)
 			b.logf("append %-7s run %d: APPEND %.0f MB/s, FETCH %.0f MB/s, peak +%.0f KB", t.name, r+1, out.res.MBps, out.res.FetchMBps, float64(out.peak-out.base)/1024)
 		}
 	}
@@ -383,7 +381,7 @@ func (b *bench) runIdle(ctx context.Context, ts []*target) error {
 				m["kb_per_session"] = float64(out.midHold-out.base) / 1024 / float64(out.res.Sessions)
 				m["rss_mb"] = float64(out.midHold) / 1e6
 			}
-			b.record("idle", param, t.name, r, m)
+			b.record("idle", param, t, r, m)
 			b.logf("idle %-7s run %d: %d sessions set up in %.1fs, %.1f KB RSS per session", t.name, r+1, out.res.Sessions, m["setup_s"], m["kb_per_session"])
 			// Let Dovecot drop the closed sessions before the next target.
 			if !sleepCtx(ctx, 3*time.Second) {

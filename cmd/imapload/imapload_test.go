@@ -113,3 +113,27 @@ func TestLoopbackOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestMixOps: -mix seen is the flags mix plus the \Seen commands, and
+// building it left the flags mix as it was.
+func TestMixOps(t *testing.T) {
+	flags, err := mixOps("flags")
+	if err != nil || len(flags) != 4 {
+		t.Fatalf("flags: %d ops, %v", len(flags), err)
+	}
+	seen, err := mixOps("seen")
+	if err != nil || len(seen) != 7 {
+		t.Fatalf("seen: %d ops, %v", len(seen), err)
+	}
+	for i, op := range flags {
+		if seen[i] != op {
+			t.Errorf("seen[%d] = %v, want %v", i, seen[i], op)
+		}
+	}
+	if seen[4].format != "FETCH %d BODY[]" || seen[5].format != `STORE %d +FLAGS (\Seen)` {
+		t.Errorf("seen adds %v, %v", seen[4], seen[5])
+	}
+	if _, err := mixOps("other"); err == nil {
+		t.Error("an unknown mix is accepted")
+	}
+}

@@ -8,7 +8,8 @@
 // Workloads:
 //
 //	small   NOOP, FETCH n (FLAGS), STORE n +FLAGS, STORE n -FLAGS in a closed
-//	        loop per session; p50/p99 latency and commands/s
+//	        loop per session; p50/p99 latency and commands/s. -mix seen
+//	        adds FETCH n BODY[] (not PEEK) and STORE n +FLAGS/-FLAGS (\Seen)
 //	bulk    FETCH 1:* BODY.PEEK[] of -mailbox; MB/s
 //	select  SELECT of -mailbox in a new session (then -search); time to OK
 //	idle    -sessions sessions in IDLE for -duration
@@ -61,6 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&cfg.pass, "pass", "bench", "password")
 	fs.StringVar(&cfg.workload, "workload", "small", "small, bulk, select, idle, append, seed or stress")
 	fs.StringVar(&cfg.workload, "mode", "small", "the same as -workload")
+	fs.StringVar(&cfg.mix, "mix", "flags", "small: the commands, flags (NOOP, FETCH n (FLAGS), STORE n ±FLAGS (\\Flagged)) or seen (those and FETCH n BODY[], STORE n ±FLAGS (\\Seen))")
 	fs.StringVar(&cfg.label, "label", "", "label copied into every result (e.g. the target's name)")
 	fs.IntVar(&cfg.sessions, "sessions", 1, "concurrent sessions")
 	fs.DurationVar(&cfg.duration, "duration", 5*time.Second, "measuring time (small, bulk, stress: 0 = rounds only) or hold time (idle)")

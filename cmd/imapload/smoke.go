@@ -70,15 +70,18 @@ func runSmoke(ctx context.Context, base *config, emit func(result)) error {
 		return err
 	}
 
-	small := cfg
-	small.sessions, small.duration = 4, smokeTime
-	if err := step("small", runSmall(ctx, &small, nil), func(r result) error {
-		if r.Ops < int64(len(smallOps)) || r.P50us <= 0 {
-			return fmt.Errorf("%d commands, p50 %.0f µs", r.Ops, r.P50us)
+	for _, mix := range []string{"flags", "seen"} {
+		small := cfg
+		small.sessions, small.duration, small.mix = 4, smokeTime, mix
+		ops, _ := mixOps(mix)
+		if err := step("small -mix "+mix, runSmall(ctx, &small, nil), func(r result) error {
+			if r.Ops < int64(len(ops)) || r.P50us <= 0 || len(r.ByOp) != len(ops) {
+				return fmt.Errorf("%d commands of %d kinds, p50 %.0f µs", r.Ops, len(r.ByOp), r.P50us)
+			}
+			return nil
+		}); err != nil {
+			return err
 		}
-		return nil
-	}); err != nil {
-		return err
 	}
 
 	sel := cfg

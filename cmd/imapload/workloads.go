@@ -22,6 +22,7 @@ type config struct {
 	addr, user, pass string
 	users            int // user names: user with %d replaced by session index mod users
 	workload         string
+	mix              string // small: "flags" or "seen" (mixOps)
 	label            string
 	sessions         int
 	duration         time.Duration // small, bulk: measuring time; idle: hold
@@ -165,23 +166,56 @@ func logoutAll(ctx context.Context, conns []*conn, conc int, set *connSet) {
 	})
 }
 
-// smallOps are the small workload's commands, issued in this order in a
-// loop; %d is a random message number of the selected mailbox.
-var smallOps = [...]struct{ name, format string }{
+// smallOp is one command of the small workload: its name in the result's
+// by_op, and its format, where %d is a random message number of the
+// selected mailbox.
+type smallOp struct{ name, format string }
+
+// smallOps are the small workload's commands (-mix flags), issued in this
+// order in a loop.
+var smallOps = []smallOp{
 	{"NOOP", "NOOP"},
 	{"FETCH", "FETCH %d (FLAGS)"},
 	{"STORE+", `STORE %d +FLAGS (\Flagged)`},
 	{"STORE-", `STORE %d -FLAGS (\Flagged)`},
 }
 
+// seenOps (-mix seen) are smallOps plus what a mail reader does to \Seen:
+// a non-PEEK body fetch (it sets \Seen, RFC 9051 §6.4.5), and \Seen set
+// and cleared by STORE, so that the fetches keep finding unseen messages.
+// These are the commands a legacy server's unlocked \Seen update races
+// and uidgate's explicit \Seen serializes.
+var seenOps = append(smallOps[:len(smallOps):len(smallOps)],
+	smallOp{"FETCHBODY", "FETCH %d BODY[]"},
+	smallOp{"STORE+Seen", `STORE %d +FLAGS (\Seen)`},
+	smallOp{"STORE-Seen", `STORE %d -FLAGS (\Seen)`},
+)
+
+// mixOps returns the commands of the small workload's mix.
+func mixOps(mix string) ([]smallOp, error) {
+	switch mix {
+	case "flags":
+		return smallOps, nil
+	case "seen":
+		return seenOps, nil
+	}
+	return nil, fmt.Errorf("-mix %q: want flags or seen", mix)
+}
+
 // runSmall: cfg.sessions sessions each SELECT cfg.mailbox, then, once all
-// are ready, issue NOOP, FETCH n (FLAGS), STORE n +FLAGS, STORE n -FLAGS in
-// a closed loop (one command at a time) for cfg.duration or cfg.rounds
-// commands, whichever ends first. Phase lines "ready" and "done" go to
+// are ready, issue the commands of cfg.mix (flags: NOOP, FETCH n (FLAGS),
+// STORE n +FLAGS, STORE n -FLAGS; seen: those and FETCH n BODY[], STORE n
+// ±FLAGS (\Seen)) in a closed loop (one command at a time) for
+// cfg.duration or cfg.rounds commands, whichever ends first. Phase lines "ready" and "done" go to
 // emit (if set) just before and after the measured loop, so that an
 // observer can tell set-up and logout from the load.
 func runSmall(ctx context.Context, cfg *config, emit func(result)) result {
 	res := result{Workload: "small", Mailbox: cfg.mailbox}
+	ops, err := mixOps(cfg.mix)
+	if err != nil {
+		res.Errors, res.FirstError = 1, err.Error()
+		return res
+	}
 	set := newConnSet(ctx)
 	conns := make([]*conn, cfg.sessions)
 	exists := make([]uint32, cfg.sessions)
@@ -216,7 +250,10 @@ func runSmall(ctx context.Context, cfg *config, emit func(result)) result {
 	}
 	phase("ready")
 
-	lat := make([][len(smallOps)]latencies, cfg.sessions)
+	lat := make([][]latencies, cfg.sessions)
+	for i := range lat {
+		lat[i] = make([]latencies, len(ops))
+	}
 	start := time.Now()
 	deadline := start.Add(cfg.duration)
 	var wg sync.WaitGroup
@@ -227,8 +264,8 @@ func runSmall(ctx context.Context, cfg *config, emit func(result)) result {
 				if !time.Now().Before(deadline) || ctx.Err() != nil {
 					return
 				}
-				op := k % len(smallOps)
-				cmd := smallOps[op].format
+				op := k % len(ops)
+				cmd := ops[op].format
 				if op != 0 {
 					cmd = fmt.Sprintf(cmd, 1+rng.Uint32N(exists[i]))
 				}
@@ -247,8 +284,8 @@ func runSmall(ctx context.Context, cfg *config, emit func(result)) result {
 	logoutAll(ctx, conns, cfg.concurrency, set)
 
 	var all latencies
-	res.ByOp = make(map[string]opStats, len(smallOps))
-	for op, o := range smallOps {
+	res.ByOp = make(map[string]opStats, len(ops))
+	for op, o := range ops {
 		var l latencies
 		for i := range lat {
 			l = append(l, lat[i][op]...)

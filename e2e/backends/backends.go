@@ -5,7 +5,8 @@
 // ports on 127.0.0.1 and process group, so several can run side by side and
 // beside a system-wide installation. The test that starts one owns it:
 // t.Cleanup stops every process of the instance, waits for them to exit and
-// removes the directory.
+// removes the directory. A program (the load benchmark, bench/) starts them
+// with its own TB, which collects the cleanups and runs them itself.
 //
 // The servers must be installed by .ci/install-deps, and the tests must run as
 // root (the servers switch to their own system users). A missing binary is a
@@ -58,6 +59,24 @@ const (
 	installHint = "run `sudo .ci/install-deps` (it installs Dovecot and Cyrus for the e2e tests)"
 )
 
+// TB is the part of testing.TB that starting and stopping a server uses,
+// so that a program can start one too. A test passes its *testing.T.
+// Fatalf and Skipf must not return: testing.TB's end the goroutine
+// (runtime.Goexit), and so must a program's, which therefore calls Start*
+// from a goroutine of its own. Cleanup's functions run when the owner is
+// done with the server; they stop it and may call Errorf and Logf.
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Errorf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+	Failed() bool
+	Cleanup(f func())
+}
+
+var _ TB = testing.TB(nil)
+
 // Server is one running IMAP server instance on loopback.
 type Server struct {
 	// Kind is "dovecot", "cyrus" (3.6) or "cyrus23" (2.3.18).
@@ -88,7 +107,7 @@ type Server struct {
 // does, over LMTP, so that sessions in IDLE see it arrive. Bare LF line ends
 // are sent as CRLF. It fails the test on any error, so it must be called from
 // the test's goroutine; use TryDeliver elsewhere.
-func (s *Server) Deliver(t testing.TB, user string, msg []byte) {
+func (s *Server) Deliver(t TB, user string, msg []byte) {
 	t.Helper()
 	if err := s.TryDeliver(user, msg); err != nil {
 		t.Fatalf("backends: %s: deliver to %q: %v\n%s", s.Kind, user, err, s.Log())
@@ -99,6 +118,12 @@ func (s *Server) Deliver(t testing.TB, user string, msg []byte) {
 // It is safe to call from any goroutine.
 func (s *Server) TryDeliver(user string, msg []byte) error {
 	return deliverLMTP(s.lmtpNetwork, s.lmtpAddr, user, msg)
+}
+
+// LMTPAddr returns where Deliver connects: "unix" and a socket path for
+// Dovecot, "tcp" and 127.0.0.1:port for Cyrus.
+func (s *Server) LMTPAddr() (network, addr string) {
+	return s.lmtpNetwork, s.lmtpAddr
 }
 
 // Log returns the tail of each of the server's log files, for failure
@@ -167,7 +192,7 @@ func tail(name string, n int64) ([]byte, error) {
 var userName = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]*$`)
 
 // checkUsers fails the test for users that the configurations cannot hold.
-func checkUsers(t testing.TB, users map[string]string) {
+func checkUsers(t TB, users map[string]string) {
 	t.Helper()
 	for u, p := range users {
 		if !userName.MatchString(u) {
@@ -183,7 +208,7 @@ func checkUsers(t testing.TB, users map[string]string) {
 }
 
 // requireRoot fails the test unless it runs as root.
-func requireRoot(t testing.TB) {
+func requireRoot(t TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatalf("backends: the e2e servers must be started as root (they switch to their own users); %s and run the tests as root", installHint)
@@ -192,7 +217,7 @@ func requireRoot(t testing.TB) {
 
 // findBinary returns the first of paths that is an executable file, or the
 // result of exec.LookPath(name); it fails the test when there is none.
-func findBinary(t testing.TB, name string, paths ...string) string {
+func findBinary(t TB, name string, paths ...string) string {
 	t.Helper()
 	for _, p := range paths {
 		if isExecutable(p) {
@@ -213,7 +238,7 @@ func isExecutable(p string) bool {
 }
 
 // lookupIDs returns the numeric uid of userName and gid of groupName.
-func lookupIDs(t testing.TB, userName, groupName string) (uid, gid int) {
+func lookupIDs(t TB, userName, groupName string) (uid, gid int) {
 	t.Helper()
 	u, err := user.Lookup(userName)
 	if err != nil {
@@ -532,7 +557,7 @@ type instance struct {
 // taken meanwhile) and fails the test with the server log after
 // startAttempts. On success it registers the cleanup that stops the server
 // and removes its directory.
-func start(t testing.TB, kind string, ports int, setup func(dir string, ports []int) (*instance, error)) *Server {
+func start(t TB, kind string, ports int, setup func(dir string, ports []int) (*instance, error)) *Server {
 	t.Helper()
 	var failures []string
 	for attempt := 1; attempt <= startAttempts; attempt++ {
@@ -603,7 +628,7 @@ func startOnce(kind string, nports int, setup func(dir string, ports []int) (*in
 
 // shutdown stops the server, keeps its log tail for Log, logs it when the
 // test failed, and removes the instance directory.
-func (s *Server) shutdown(t testing.TB) {
+func (s *Server) shutdown(t TB) {
 	t.Helper()
 	stopErr := s.proc.stop()
 	s.mu.Lock()

@@ -21,7 +21,7 @@ import (
 // where the Cyrus 2.3 sources are absent.
 var kinds = []struct {
 	name  string
-	start func(testing.TB, map[string]string) *Server
+	start func(TB, map[string]string) *Server
 }{
 	{"dovecot", StartDovecot},
 	{"cyrus", StartCyrus},

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"testing"
 	"time"
 )
 
@@ -93,7 +92,7 @@ func cyrusPkgDir() string {
 // The namespace is Cyrus's classic one: folders are INBOX.sub, the separator
 // is '.', and users cannot create top-level folders. Deliver uses the
 // instance's LMTP port (lmtpd -a: no authentication).
-func StartCyrus(t testing.TB, users map[string]string) *Server {
+func StartCyrus(t TB, users map[string]string) *Server {
 	t.Helper()
 	requireRoot(t)
 	checkUsers(t, users)
@@ -140,7 +139,7 @@ var cyrusDirs = []string{"log",
 // configuration, a sasldb with the administrator and users, the master in the
 // foreground; then it creates the users' INBOXes. The caller has checked the
 // binaries that f names, that it runs as root and the users.
-func startCyrusFlavour(t testing.TB, f cyrusFlavour, users map[string]string) *Server {
+func startCyrusFlavour(t TB, f cyrusFlavour, users map[string]string) *Server {
 	t.Helper()
 	saslpasswd := findBinary(t, "saslpasswd2", "/usr/sbin/saslpasswd2")
 	uid, gid := lookupIDs(t, "cyrus", "mail")
@@ -278,7 +277,7 @@ func imapTagged(r *bufio.Reader, tag string) error {
 }
 
 // randomHex returns n random bytes in hex.
-func randomHex(t testing.TB, n int) string {
+func randomHex(t TB, n int) string {
 	t.Helper()
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {

@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"testing"
 )
 
 // cyrus23ImapdConf is imapd.conf for one Cyrus 2.3 instance: the one of
@@ -136,7 +135,7 @@ func repoRoot(dir string) (string, error) {
 // over the instance's LMTP port (lmtpd -a). IDLE polls the mailbox every
 // second (there is no idled), so a delivery shows within about a second.
 // See shared/cyrus-2.3/README.md for how this server behaves.
-func StartCyrus23(t testing.TB, users map[string]string) *Server {
+func StartCyrus23(t TB, users map[string]string) *Server {
 	t.Helper()
 	if ok, reason := Cyrus23Available(); !ok {
 		t.Skipf("backends: %s", reason)

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"testing"
 )
 
 // dovecotConf is a self-contained Dovecot 2.3 configuration (no !include of
@@ -69,7 +68,7 @@ service imap {
 //
 // Mail is in Maildir under Dir/mail/USER, owned by nobody:nogroup; the
 // hierarchy separator is '/'. Deliver uses the LMTP socket Dir/run/lmtp.
-func StartDovecot(t testing.TB, users map[string]string) *Server {
+func StartDovecot(t TB, users map[string]string) *Server {
 	t.Helper()
 	requireRoot(t)
 	checkUsers(t, users)
