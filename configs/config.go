@@ -41,6 +41,9 @@ type Config struct {
 	// Serialization says which commands of different sessions are made to
 	// reach a backend one after another.
 	Serialization Serialization `toml:"serialization"`
+	// Locks says where the serialization's locks live: this process, or
+	// etcd shared by several instances.
+	Locks Locks `toml:"locks"`
 	// Log configures logging.
 	Log Log `toml:"log"`
 	// Metrics configures the HTTP listener for /metrics, /healthz, /readyz.
@@ -199,6 +202,27 @@ type Limits struct {
 	// answered, so a client that pipelines without reading costs bounded
 	// memory; default 64.
 	MaxCommandsInFlight int `toml:"max_commands_in_flight"`
+	// ExpansionFactor and ExpansionFloor bound what uidgate writes in
+	// place of what it translates: a command rewritten into its UID form,
+	// or a backend response with its numbers mapped, may be
+	// max(expansion_floor, expansion_factor × the input's length) bytes.
+	// Past it a command is answered NO [TOOBIG] and not sent; a response
+	// ends the session with BYE. Defaults 16 and 16777216 (16 MiB: "1:*"
+	// over a million messages with every other UID gone); factor 1 to
+	// 1024, floor 65536 to 1073741824.
+	ExpansionFactor int `toml:"expansion_factor"`
+	ExpansionFloor  int `toml:"expansion_floor"`
+	// LoginBurstPerIP and LoginIntervalPerIP are the token bucket of login
+	// attempts from one client address: up to the burst at once, then one
+	// more per interval; past it a login is answered NO [UNAVAILABLE]
+	// before any backend sees it. Defaults 200 and "50ms" (20 a second).
+	LoginBurstPerIP    int      `toml:"login_burst_per_ip"`
+	LoginIntervalPerIP Duration `toml:"login_interval_per_ip"`
+	// LoginBurstPerUser and LoginIntervalPerUser are the same for one
+	// login name (case-folded), whatever the address. Defaults 30 and
+	// "2s" (30 a minute).
+	LoginBurstPerUser    int      `toml:"login_burst_per_user"`
+	LoginIntervalPerUser Duration `toml:"login_interval_per_user"`
 }
 
 // Serialization is the cross-session ordering policy (rules.Serialization).
@@ -250,6 +274,36 @@ func (l Limits) AuthFailureDelayOrDefault() time.Duration {
 	return orDefault(l.AuthFailureDelay.Duration, time.Second)
 }
 
+// ExpansionFactorOrDefault returns l.ExpansionFactor, or 16.
+func (l Limits) ExpansionFactorOrDefault() int {
+	return orDefault(l.ExpansionFactor, DefaultExpansionFactor)
+}
+
+// ExpansionFloorOrDefault returns l.ExpansionFloor, or 16 MiB.
+func (l Limits) ExpansionFloorOrDefault() int {
+	return orDefault(l.ExpansionFloor, DefaultExpansionFloor)
+}
+
+// LoginBurstPerIPOrDefault returns l.LoginBurstPerIP, or 200.
+func (l Limits) LoginBurstPerIPOrDefault() int {
+	return orDefault(l.LoginBurstPerIP, DefaultLoginBurstPerIP)
+}
+
+// LoginIntervalPerIPOrDefault returns l.LoginIntervalPerIP, or 50ms.
+func (l Limits) LoginIntervalPerIPOrDefault() time.Duration {
+	return orDefault(l.LoginIntervalPerIP.Duration, DefaultLoginIntervalPerIP)
+}
+
+// LoginBurstPerUserOrDefault returns l.LoginBurstPerUser, or 30.
+func (l Limits) LoginBurstPerUserOrDefault() int {
+	return orDefault(l.LoginBurstPerUser, DefaultLoginBurstPerUser)
+}
+
+// LoginIntervalPerUserOrDefault returns l.LoginIntervalPerUser, or 2s.
+func (l Limits) LoginIntervalPerUserOrDefault() time.Duration {
+	return orDefault(l.LoginIntervalPerUser.Duration, DefaultLoginIntervalPerUser)
+}
+
 // DrainTimeoutOrDefault returns l.DrainTimeout, or 30s.
 func (l Limits) DrainTimeoutOrDefault() time.Duration {
 	return orDefault(l.DrainTimeout.Duration, 30*time.Second)
@@ -274,13 +328,29 @@ const (
 	DefaultLockTimeout    = 30 * time.Second
 	DefaultMaxBadCommands = 3
 	DefaultMaxInFlight    = 64
-	DefaultLogLevel       = "info"
-	DefaultLogFormat      = "json"
+	// DefaultExpansionFactor and DefaultExpansionFloor: see
+	// Limits.ExpansionFactor.
+	DefaultExpansionFactor = 16
+	DefaultExpansionFloor  = 16 << 20
+	// Login token buckets (see Limits.LoginBurstPerIP): far above what a
+	// client, or a NAT gateway's users, need; a guesser gets 20 a second
+	// from one address and 30 a minute at one name.
+	DefaultLoginBurstPerIP      = 200
+	DefaultLoginIntervalPerIP   = 50 * time.Millisecond
+	DefaultLoginBurstPerUser    = 30
+	DefaultLoginIntervalPerUser = 2 * time.Second
+	DefaultLogLevel             = "info"
+	DefaultLogFormat            = "json"
 
 	// MinMaxLine is the smallest max_line allowed (RFC 2683 §3.2.1.5).
 	MinMaxLine = 8000
 	// MinIdleTimeout is the smallest idle_timeout allowed (RFC 9051 §5.4).
 	MinIdleTimeout = 30 * time.Minute
+	// MaxExpansionFactor, MinExpansionFloor and MaxExpansionFloor bound
+	// expansion_factor and expansion_floor.
+	MaxExpansionFactor = 1024
+	MinExpansionFloor  = 64 << 10
+	MaxExpansionFloor  = 1 << 30
 )
 
 // TLSModeOrDefault returns l.TLS, or none if unset.
@@ -493,17 +563,25 @@ func (c *Config) Effective() *Config {
 	l.DrainTimeout.Duration = l.DrainTimeoutOrDefault()
 	l.MaxConnectionsPerIP = l.MaxConnectionsPerIPOrDefault()
 	l.AuthFailureDelay.Duration = l.AuthFailureDelayOrDefault()
+	l.ExpansionFactor = l.ExpansionFactorOrDefault()
+	l.ExpansionFloor = l.ExpansionFloorOrDefault()
+	l.LoginBurstPerIP = l.LoginBurstPerIPOrDefault()
+	l.LoginIntervalPerIP.Duration = l.LoginIntervalPerIPOrDefault()
+	l.LoginBurstPerUser = l.LoginBurstPerUserOrDefault()
+	l.LoginIntervalPerUser.Duration = l.LoginIntervalPerUserOrDefault()
+	e.Locks = c.Locks.effective()
 	e.Log.Level = e.Log.LevelOrDefault()
 	e.Log.Format = e.Log.FormatOrDefault()
 	return &e
 }
 
 // Encode writes the effective configuration (c.Effective()) as TOML, for
-// `uidgate check-config`. Parsing the output gives back c.Effective().
+// `uidgate check-config`. Parsing the output gives back c.Effective(),
+// but for a [locks] password, printed redacted.
 func (c *Config) Encode(w io.Writer) error {
 	enc := toml.NewEncoder(w)
 	enc.Indent = ""
-	return enc.Encode(c.Effective())
+	return enc.Encode(c.Effective().redacted())
 }
 
 // TrustedPrefixes parses TrustedProxies (Validate has checked them).

@@ -32,6 +32,7 @@ func (c *Config) Validate() error {
 	names := v.backends()
 	v.routes(names)
 	v.limits()
+	v.locks()
 	v.log()
 	return joinProblems(v.problems)
 }
@@ -335,6 +336,28 @@ func (v *validator) limits() {
 	}
 	if set("max_commands_in_flight", l.MaxCommandsInFlight == 0) && l.MaxCommandsInFlight < 1 {
 		v.add("limits.max_commands_in_flight", "%d: must be at least 1", l.MaxCommandsInFlight)
+	}
+	if set("expansion_factor", l.ExpansionFactor == 0) && (l.ExpansionFactor < 1 || l.ExpansionFactor > MaxExpansionFactor) {
+		v.add("limits.expansion_factor", "%d: want 1 to %d", l.ExpansionFactor, MaxExpansionFactor)
+	}
+	if set("expansion_floor", l.ExpansionFloor == 0) && (l.ExpansionFloor < MinExpansionFloor || l.ExpansionFloor > MaxExpansionFloor) {
+		v.add("limits.expansion_floor", "%d: want %d to %d", l.ExpansionFloor, MinExpansionFloor, MaxExpansionFloor)
+	}
+	for _, b := range []struct {
+		key string
+		n   int
+	}{{"login_burst_per_ip", l.LoginBurstPerIP}, {"login_burst_per_user", l.LoginBurstPerUser}} {
+		if set(b.key, b.n == 0) && b.n < 1 {
+			v.add("limits."+b.key, "%d: must be at least 1", b.n)
+		}
+	}
+	for _, d := range []struct {
+		key string
+		d   time.Duration
+	}{{"login_interval_per_ip", l.LoginIntervalPerIP.Duration}, {"login_interval_per_user", l.LoginIntervalPerUser.Duration}} {
+		if set(d.key, d.d == 0) && d.d <= 0 {
+			v.add("limits."+d.key, "%s: must be positive", formatDuration(d.d))
+		}
 	}
 }
 

@@ -136,6 +136,9 @@ func hardGate(t *testing.T, kind, backendAddr, faultAddr string, idle time.Durat
 		Logger:      &log,
 		IdleTimeout: idle,
 		MaxLiteral:  64 << 20,
+		// Test clients all log in from 127.0.0.1 (see startGate).
+		LoginRatePerIP:   proxy.LoginRate{Burst: -1},
+		LoginRatePerUser: proxy.LoginRate{Burst: -1},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

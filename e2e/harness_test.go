@@ -23,6 +23,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"uidgate/proxy"
+	"uidgate/proxy/locks"
+	"uidgate/rules"
 	"uidgate/upstream"
 )
 
@@ -55,6 +57,11 @@ type gateOpts struct {
 	listener proxy.Listener
 	backend  upstream.Backend
 	maxLit   int64
+	// locks replaces the gate's own in-process lock manager (several
+	// gates sharing one stand for instances sharing etcd); serialization
+	// is its policy.
+	locks         locks.Manager
+	serialization rules.Serialization
 }
 
 // startGate starts uidgate on a free loopback port in front of backend,
@@ -77,8 +84,14 @@ func startGate(t testing.TB, o gateOpts) *gate {
 			}
 			return &b, true
 		},
-		Logger:     &log,
-		MaxLiteral: o.maxLit,
+		Logger:        &log,
+		MaxLiteral:    o.maxLit,
+		Locks:         o.locks,
+		Serialization: o.serialization,
+		// Every test client is alice from 127.0.0.1, hundreds of logins a
+		// run: the login buckets are tested in proxy/limits_test.go.
+		LoginRatePerIP:   proxy.LoginRate{Burst: -1},
+		LoginRatePerUser: proxy.LoginRate{Burst: -1},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -51,6 +51,9 @@ func lifeGate(t *testing.T, backendAddr, faultAddr string, mem *locks.Memory) *g
 		Locks:       mem,
 		LockTimeout: 20 * time.Second,
 		MaxLiteral:  64 << 20,
+		// Test clients all log in from 127.0.0.1 (see startGate).
+		LoginRatePerIP:   proxy.LoginRate{Burst: -1},
+		LoginRatePerUser: proxy.LoginRate{Burst: -1},
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -98,6 +98,12 @@ func (l *logBuffer) String() string {
 }
 
 func startBuildSession(t *testing.T, caps string, opts ...func(*upstream.Backend)) *buildSession {
+	return startSessionWith(t, caps, nil, opts...)
+}
+
+// startSessionWith is startBuildSession with the server's fields set by
+// srvOpt.
+func startSessionWith(t *testing.T, caps string, srvOpt func(*Server), opts ...func(*upstream.Backend)) *buildSession {
 	sb := newScriptedBackend(t)
 	backend := &upstream.Backend{Name: "scripted", Address: sb.ln.Addr().String(), TLS: upstream.TLSNone}
 	for _, o := range opts {
@@ -106,6 +112,9 @@ func startBuildSession(t *testing.T, caps string, opts ...func(*upstream.Backend
 	logs := &logBuffer{}
 	log := zerolog.New(logs).Level(zerolog.DebugLevel)
 	srv := &Server{Route: func(string) (*upstream.Backend, bool) { return backend, true }, Logger: &log}
+	if srvOpt != nil {
+		srvOpt(srv)
+	}
 	cc, sc := tcpPair(t)
 	done := make(chan struct{})
 	go func() {

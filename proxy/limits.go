@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"crypto/sha256"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -18,11 +21,66 @@ const (
 	// address before answering the next failure, up to maxAuthDelay.
 	DefaultAuthFailureDelay = time.Second
 	maxAuthDelay            = 10 * time.Second
-	// authFailureWindow is how long failures are remembered per address,
-	// for at most authFailureEntries addresses.
-	authFailureWindow  = 15 * time.Minute
-	authFailureEntries = 65536
+	// authFailureWindow is how long failures are remembered per address.
+	authFailureWindow = 15 * time.Minute
+	// loginEntries bounds the addresses and login names remembered (a
+	// record is about 300 bytes with its key: 20 MB at most).
+	loginEntries = 65536
+
+	// DefaultLoginBurstPerIP and DefaultLoginIntervalPerIP: the login
+	// attempts from one address, far above a NAT gateway's users' needs;
+	// a guesser gets 20 a second.
+	DefaultLoginBurstPerIP    = 200
+	DefaultLoginIntervalPerIP = 50 * time.Millisecond
+	// DefaultLoginBurstPerUser and DefaultLoginIntervalPerUser: the login
+	// attempts at one name, far above a user's devices' needs (a client
+	// opens a few connections at start); a guesser gets 30 a minute.
+	DefaultLoginBurstPerUser    = 30
+	DefaultLoginIntervalPerUser = 2 * time.Second
+
+	// DefaultExpansionFactor and DefaultExpansionFloor bound a translation
+	// (see Server.ExpansionFactor): 16 MiB holds "1:*" of a million
+	// messages with every other UID gone.
+	DefaultExpansionFactor = 16
+	DefaultExpansionFloor  = 16 << 20
 )
+
+// LoginRate is a token bucket of login attempts: Burst at once, then one
+// more every Interval. A negative Burst is no limit.
+type LoginRate struct {
+	Burst    int
+	Interval time.Duration
+}
+
+func (r LoginRate) or(burst int, interval time.Duration) LoginRate {
+	if r.Burst == 0 {
+		r.Burst = burst
+	}
+	if r.Interval <= 0 {
+		r.Interval = interval
+	}
+	return r
+}
+
+func (s *Server) loginRatePerIP() LoginRate {
+	return s.LoginRatePerIP.or(DefaultLoginBurstPerIP, DefaultLoginIntervalPerIP)
+}
+
+func (s *Server) loginRatePerUser() LoginRate {
+	return s.LoginRatePerUser.or(DefaultLoginBurstPerUser, DefaultLoginIntervalPerUser)
+}
+
+// expansionCap is how many bytes a translation of in bytes may reach.
+func (s *Server) expansionCap(in int) int {
+	f, floor := s.ExpansionFactor, s.ExpansionFloor
+	if f <= 0 {
+		f = DefaultExpansionFactor
+	}
+	if floor <= 0 {
+		floor = DefaultExpansionFloor
+	}
+	return max(floor, f*in)
+}
 
 func (s *Server) maxConns() int {
 	if s.MaxConnections > 0 {
@@ -83,10 +141,13 @@ func (s *Server) leaveLocked(ip string) {
 	s.perIP[ip]--
 }
 
-// authFailure is one address's recent failed logins. The LRU bounds how
-// many addresses are remembered; old entries expire when next looked at
+// loginRecord is what is remembered of one client address ("a " key) or
+// one login name ("u " key) in the server's LRU: its token bucket of login
+// attempts and, for an address, its recent failed logins. The LRU bounds
+// how many are remembered; old failures expire when next looked at
 // (golang-lru's expirable cache runs a goroutine that never stops).
-type authFailure struct {
+type loginRecord struct {
+	bucket *rate.Limiter
 	// turn admits one login at a time from the address while it has
 	// recent failures: parallel connections must not multiply guesses.
 	turn chan struct{}
@@ -95,14 +156,65 @@ type authFailure struct {
 	last time.Time
 }
 
-// authFailures returns the per-address failure memory.
-func (s *Server) authFailures() *lru.Cache[string, *authFailure] {
+// loginRecords returns the per-address and per-name login memory.
+func (s *Server) loginRecords() *lru.Cache[string, *loginRecord] {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.failures == nil {
-		s.failures, _ = lru.New[string, *authFailure](authFailureEntries)
+	if s.logins == nil {
+		s.logins, _ = lru.New[string, *loginRecord](loginEntries)
 	}
-	return s.failures
+	return s.logins
+}
+
+// loginRecordFor returns key's record, made with a full bucket of r if
+// there is none.
+func (s *Server) loginRecordFor(key string, r LoginRate) *loginRecord {
+	c := s.loginRecords()
+	if rec, ok := c.Get(key); ok {
+		return rec
+	}
+	rec := &loginRecord{turn: make(chan struct{}, 1)}
+	if r.Burst < 0 {
+		rec.bucket = rate.NewLimiter(rate.Inf, 0)
+	} else {
+		rec.bucket = rate.NewLimiter(rate.Every(r.Interval), r.Burst)
+	}
+	if prev, ok, _ := c.PeekOrAdd(key, rec); ok {
+		return prev
+	}
+	return rec
+}
+
+func addrKey(ip string) string { return "a " + ip }
+
+// userKey is a login name's key: case-folded, and hashed so that a key
+// costs 34 bytes however long the name (up to preauthMaxLiteral).
+func userKey(user string) string {
+	sum := sha256.Sum256([]byte(strings.ToLower(user)))
+	return "u " + string(sum[:])
+}
+
+// loginAllowed takes a token from the client address's bucket and one
+// from the login name's, or neither: it returns which bucket is empty
+// ("address", "user") or "". It runs before anything else is done with
+// the credentials, so its answer is the same whatever the password, and
+// nothing in it waits for a backend (issue 16: the old delay came after
+// the backend had checked the password, and never for a success).
+func (s *Server) loginAllowed(ip, user string) string {
+	now := time.Now()
+	a := s.loginRecordFor(addrKey(ip), s.loginRatePerIP()).bucket
+	u := s.loginRecordFor(userKey(user), s.loginRatePerUser()).bucket
+	ra := a.ReserveN(now, 1)
+	if !ra.OK() || ra.DelayFrom(now) > 0 {
+		ra.CancelAt(now)
+		return "address"
+	}
+	if ru := u.ReserveN(now, 1); !ru.OK() || ru.DelayFrom(now) > 0 {
+		ru.CancelAt(now)
+		ra.CancelAt(now)
+		return "user"
+	}
+	return ""
 }
 
 // loginTurn is taken before a login's credentials go to a backend. From
@@ -114,23 +226,28 @@ func (s *Server) authFailures() *lru.Cache[string, *authFailure] {
 // must be called when the login is answered; ok is false if done closed
 // first.
 func (s *Server) loginTurn(ip string, done <-chan struct{}) (release func(), ok bool) {
-	f := s.authFailures()
-	af, found := f.Get(ip)
+	rec, found := s.loginRecords().Get(addrKey(ip))
 	if !found {
 		return func() {}, true
 	}
+	rec.mu.Lock()
+	if time.Since(rec.last) > authFailureWindow {
+		rec.n = 0
+	}
+	failed := rec.n > 0
+	rec.mu.Unlock()
+	if !failed {
+		return func() {}, true
+	}
 	select {
-	case af.turn <- struct{}{}:
+	case rec.turn <- struct{}{}:
 	case <-done:
 		return nil, false
 	}
-	release = func() { <-af.turn }
-	af.mu.Lock()
-	if time.Since(af.last) > authFailureWindow {
-		af.n = 0
-	}
-	wait := time.Until(af.last.Add(min(time.Duration(af.n)*s.authDelayStep(), maxAuthDelay)))
-	af.mu.Unlock()
+	release = func() { <-rec.turn }
+	rec.mu.Lock()
+	wait := time.Until(rec.last.Add(min(time.Duration(rec.n)*s.authDelayStep(), maxAuthDelay)))
+	rec.mu.Unlock()
 	if wait > 0 {
 		t := time.NewTimer(wait)
 		defer t.Stop()
@@ -146,24 +263,22 @@ func (s *Server) loginTurn(ip string, done <-chan struct{}) (release func(), ok 
 
 // loginFailed records a failed login from ip.
 func (s *Server) loginFailed(ip string) {
-	f := s.authFailures()
-	af, found := f.Get(ip)
-	if !found {
-		af = &authFailure{turn: make(chan struct{}, 1)}
-		if prev, ok, _ := f.PeekOrAdd(ip, af); ok {
-			af = prev
-		}
+	rec := s.loginRecordFor(addrKey(ip), s.loginRatePerIP())
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if time.Since(rec.last) > authFailureWindow {
+		rec.n = 0
 	}
-	af.mu.Lock()
-	defer af.mu.Unlock()
-	if time.Since(af.last) > authFailureWindow {
-		af.n = 0
-	}
-	af.n++
-	af.last = time.Now()
+	rec.n++
+	rec.last = time.Now()
 }
 
-// loginSucceeded forgets ip's failures.
+// loginSucceeded forgets ip's failures. Its bucket stays: a success must
+// not refill it for the guesses that follow.
 func (s *Server) loginSucceeded(ip string) {
-	s.authFailures().Remove(ip)
+	if rec, ok := s.loginRecords().Peek(addrKey(ip)); ok {
+		rec.mu.Lock()
+		rec.n = 0
+		rec.mu.Unlock()
+	}
 }

@@ -122,7 +122,7 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 				return sel.m.ClientSeqToUIDs(set)
 			}
 			return uids, err
-		}, rw && ss.explicitSeen, &b)
+		}, rw && ss.explicitSeen, ss.srv.expansionCap(len(c.buf)), &b)
 		if err != nil {
 			rs.mu.Unlock()
 			if errors.Is(err, sessionmap.ErrUnresolved) && attempt < 3 {
@@ -487,6 +487,31 @@ func (ss *session) backendProtocolError(rs *relayState, line []byte) {
 	rs.fatal.Store(&why)
 }
 
+// pastCap reports whether a response translated from in bytes (the
+// backend's line, and the client's tag where it is given back) into out
+// bytes is past the expansion cap. Then the session ends: the backend is
+// trusted for data, not for unbounded work (issue 16), and a response
+// cannot be answered NO.
+func (ss *session) pastCap(rs *relayState, in, out int, line []byte) bool {
+	if out <= ss.srv.expansionCap(in) {
+		return false
+	}
+	ss.log.Warn().Int("in", in).Int("out", out).Bytes("response", imapwire.TrimEOL(line[:min(len(line), traceMax)])).
+		Msg("backend response expands past the cap")
+	why := "[UNAVAILABLE] Backend response too large to translate"
+	rs.fatal.Store(&why)
+	return true
+}
+
+// capped returns a translated response b, or drops it (the session then
+// ends) if it is past the cap for line.
+func (ss *session) capped(rs *relayState, line, b []byte) ([]byte, bool) {
+	if ss.pastCap(rs, len(line), len(b), line) {
+		return nil, true
+	}
+	return b, false
+}
+
 // trackCounts keeps the EXISTS count for a session without a map.
 func (ss *session) trackCounts(rs *relayState, r *imapwire.Response) {
 	switch {
@@ -526,9 +551,23 @@ func (ss *session) onSelecting(rs *relayState, sel *selection, r *imapwire.Respo
 	if _, has := imapwire.TrailingLiteral(line); has && r.MayAnnounceLiteral() {
 		return line, false // never held: literals are streamed
 	}
+	if len(sel.held) == 0 {
+		ss.heldBytes = 0
+	}
+	if ss.heldBytes += len(line); ss.heldBytes > maxHeldSelect {
+		// A SELECT answers with a few lines: a backend that goes on
+		// and on before its OK is not holding uidgate's memory hostage.
+		ss.backendProtocolError(rs, line)
+		return nil, true
+	}
 	sel.held = append(sel.held, append([]byte(nil), line...))
 	return nil, true
 }
+
+// maxHeldSelect bounds a SELECT's responses held until the map is built:
+// FLAGS, PERMANENTFLAGS and a few OK codes, even with thousands of
+// keywords, are far below it.
+const maxHeldSelect = 4 << 20
 
 // onSelected translates an untagged response while a map is in use.
 func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Response, line []byte, out *[]byte) ([]byte, bool) {
@@ -621,18 +660,24 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		}
 		rs.answeringLocked(rs.searchQ)
 		if len(rs.searchQ) > 0 && rs.tags[rs.searchQ[0]].resultsAreUIDs {
-			return ss.translateNumberList(sel, r, line, out), false
+			return ss.capped(rs, line, ss.translateNumberList(sel, r, line, out))
 		}
 	case imapwire.EqualFold(r.Name, "THREAD"):
 		rs.answeringLocked(rs.searchQ)
 		if len(rs.searchQ) > 0 && rs.tags[rs.searchQ[0]].resultsAreUIDs {
-			return ss.translateThread(sel, r, line, out), false
+			return ss.capped(rs, line, ss.translateThread(sel, r, line, out))
 		}
 	case imapwire.EqualFold(r.Name, "ESEARCH"):
 		es := parseESearch(imapwire.TrimEOL(line[r.After:]))
 		rs.answeringLocked([]string{es.tag})
 		if pc, ok := rs.tags[es.tag]; ok && pc.resultsAreUIDs {
-			return ss.translateESearch(sel, pc, es, line[:r.After], out), false
+			b := ss.translateESearch(sel, pc, es, line[:r.After], out)
+			// The client's tag, given back in place of the upstream one,
+			// is the client's input, not an expansion.
+			if ss.pastCap(rs, len(line)+len(pc.clientTag), len(b), line) {
+				return nil, true
+			}
+			return b, false
 		}
 	}
 	if imapwire.EqualFold(r.Code, "UNSEEN") && !sel.legacy {
@@ -644,7 +689,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 				b = appendUint(b, m)
 				b = append(b, line[r.CodeEnd-1:]...)
 				*out = b
-				return b, false
+				return ss.capped(rs, line, b)
 			}
 		}
 	}
@@ -772,6 +817,9 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			b = append(b, "[MODIFIED "...)
 			b = appendSeqSet(b, sel.m.AppendClientSeq(nil, set))
 			b = append(b, fwd[r.CodeEnd-1:]...)
+			if ss.pastCap(rs, len(fwd), len(b), line) {
+				return nil, true
+			}
 			fwd = b
 		}
 	}
@@ -918,6 +966,10 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 	}
 	b = append(b, body...)
 	*out = b
+	// The prefix announces the view (EXISTS): not a translation of line.
+	if ss.pastCap(rs, len(line), len(b)-len(prefix), line) {
+		return nil, true
+	}
 	return b, false
 }
 
@@ -1058,8 +1110,11 @@ func parseESearch(b []byte) esearch {
 			es.tag, _ = d.String()
 		}
 		for !d.EOL() && !d.Special(')') {
-			d.SkipValue()
-			d.SP()
+			// An unreadable value (an unterminated string) ends the
+			// list: it once looped here for ever (found by FuzzResponses).
+			if skipped := d.SkipValue(); !d.SP() && !skipped {
+				break
+			}
 		}
 		d.SP()
 	}
@@ -1129,14 +1184,18 @@ func (ss *session) translateESearch(sel *selection, pc pendingCmd, es esearch, h
 					ss.log.Warn().Uint64("uids", total).Msg("ESORT ALL longer than the mailbox; dropped")
 					continue
 				}
-				var uids []uint32
+				// Range by range, never number by number: the UIDs of
+				// a range a:b are consecutive in the sort order and
+				// ascending, so their client numbers are ascending
+				// ranges too, joined again by appendSeqSet.
 				for _, rg := range set {
-					for u := rg.Start; u <= rg.Stop && u != 0; u++ {
-						uids = append(uids, uint32(u))
+					if rg.Start == rg.Stop {
+						if m, ok := sel.m.ClientMsgno(uint32(rg.Start)); ok {
+							seq = append(seq, imap.SeqRange{Start: m, Stop: m})
+						}
+						continue
 					}
-				}
-				for _, m := range sel.m.AppendClientMsgnos(nil, uids) {
-					seq = append(seq, imap.SeqRange{Start: m, Stop: m})
+					seq = sel.m.AppendClientSeq(seq, imap.UIDSet{rg})
 				}
 			} else {
 				seq = sel.m.AppendClientSeq(nil, set)

@@ -83,7 +83,18 @@ type uidSetOf func(set imap.SeqSet) (imap.UIDSet, error)
 // §6.4.9). It returns the bytes to send upstream in b.
 //
 // With peek, a FETCH that would set \Seen is sent in its .PEEK form.
-func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSetOf, peek bool, b *builder) (rewriteResult, error) {
+// The result is at most limit bytes (Server.expansionCap of the command):
+// past it the error is errCommandTooLong, found before the UID set that
+// would pass it is written.
+func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSetOf, peek bool, limit int, b *builder) (rewriteResult, error) {
+	res, err := rewriteInto(c, cmd, kind, toUIDs, peek, limit, b)
+	if err == nil && res.answer == "" && len(b.out) > limit {
+		return res, errCommandTooLong
+	}
+	return res, err
+}
+
+func rewriteInto(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSetOf, peek bool, limit int, b *builder) (rewriteResult, error) {
 	var res rewriteResult
 	res.pc = pendingCmd{kind: kind, rewritten: true}
 	name := strings.ToUpper(string(cmd.Name))
@@ -123,6 +134,9 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 				// (Cyrus 2.4+) succeeds doing nothing.
 				return rewriteResult{answer: "OK " + name + " completed"}, nil
 			}
+			if len(b.out)+uidSetLen(uids) > limit {
+				return res, errCommandTooLong
+			}
 			b.out = appendUIDSet(b.out, uids)
 		}
 		res.uidSet = string(b.out[setStart:])
@@ -158,7 +172,7 @@ func rewriteCommand(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSe
 		res.pc.wantsUID = cmd.UID
 		res.pc.resultsAreUIDs = !cmd.UID
 		// For UID SEARCH only the criteria change.
-		w := searchWalker{c: c, d: imapwire.NewDecoder(c.buf), b: b, toUIDs: toUIDs}
+		w := searchWalker{c: c, d: imapwire.NewDecoder(c.buf), b: b, toUIDs: toUIDs, limit: limit}
 		if err := w.command(kind, rest); err != nil {
 			var ce errCannot
 			if errors.As(err, &ce) {
@@ -295,6 +309,7 @@ type searchWalker struct {
 	d          *imapwire.Decoder
 	b          *builder
 	toUIDs     uidSetOf
+	limit      int // bytes the rewritten command may reach
 	returnOpts bool
 	copied     int // c.buf up to here is in b
 }
@@ -399,12 +414,6 @@ func (w *searchWalker) keyword(kw string) bool {
 // not exhaust the stack.
 const maxSearchDepth = 64
 
-// maxRewritten bounds a translated command: each sequence-set key becomes
-// a UID set as long as the mailbox is fragmented, so a 64 KB line of
-// "1:* 1:* …" could otherwise cost hundreds of MB (issue 16). 16 MiB holds
-// "1:*" of a million messages with every other UID gone several times.
-const maxRewritten = 16 << 20
-
 // searchArgs is the number of arguments each search key takes (RFC 9051
 // §6.4.4, RFC 3501 §6.4.4, RFC 5032 WITHIN, RFC 8514 SAVEDATE, RFC 8474
 // OBJECTID). NOT, OR, FUZZY and MODSEQ are handled apart.
@@ -466,7 +475,10 @@ func (w *searchWalker) key(depth int) error {
 		if len(uids) == 0 {
 			w.b.out = append(w.b.out, "NOT ALL"...) // matches nothing
 		} else {
-			if len(w.b.out)+len(uids)*22 > maxRewritten {
+			// Each sequence-set key becomes a UID set as long as the
+			// mailbox is fragmented: a 64 KB line of "1:* 1:* …" cost
+			// hundreds of MB before this bound (issue 16).
+			if len(w.b.out)+len("UID ")+uidSetLen(uids) > w.limit {
 				return errCommandTooLong
 			}
 			w.b.out = append(w.b.out, "UID "...)

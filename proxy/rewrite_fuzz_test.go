@@ -10,9 +10,21 @@ import (
 )
 
 // FuzzRewrite feeds arbitrary commands to the rewriter over a mailbox
-// with a pending expunge and a placeholder: no panic, and what it sends
-// upstream is always a UID command with the client's tag.
+// with a pending expunge and a placeholder, and over one of 20,000
+// messages with every other UID gone (each sequence set becomes the
+// longest UID set): no panic, what it sends upstream is always a UID
+// command with the client's tag, never past the expansion cap, and what
+// it allocates is bounded by that cap (issue 16: "SEARCH 1:* 1:* …" took
+// uidgate to 613 MB).
 func FuzzRewrite(f *testing.F) {
+	for _, s := range transcriptSeeds(f, "C") {
+		f.Add(s)
+	}
+	for _, s := range conformanceSeeds(f) {
+		f.Add(s)
+	}
+	large := oddMailbox(f, 20000)
+	srv := &Server{ExpansionFactor: fuzzFactor, ExpansionFloor: fuzzFloor}
 	for _, s := range []string{
 		"a FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])\r\n",
 		"a FETCH 5:3 RFC822\r\n",
@@ -66,16 +78,32 @@ func FuzzRewrite(f *testing.F) {
 			}
 			i = j + 1
 		}
-		var b builder
-		res, err := rewriteCommand(c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
-			return m.ClientSeqToUIDs(set)
-		}, true, &b)
-		if err != nil || res.answer != "" {
-			return
-		}
-		out, ok := imapwire.ParseCommand(b.out)
-		if !ok || string(out.Tag) != string(cmd.Tag) || !out.UID {
-			t.Fatalf("rewrote %q into %q", data, b.out)
+		limit := srv.expansionCap(len(data))
+		for i, m := range []*sessionmap.Map{m, large} {
+			runs := []int{5, 20000}[i] // runs of consecutive UIDs in m
+			var b builder
+			before := allocated()
+			res, err := rewriteCommand(c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
+				return m.ClientSeqToUIDs(set)
+			}, true, limit, &b)
+			// The command as built (append doubles: twice the cap), the
+			// UIDs of each sequence set written (8 bytes a run of UIDs,
+			// at least 2 bytes out), and those of the set that passes
+			// the cap, resolved before it is refused (sessionmap: 33
+			// bytes a run, measured).
+			if bound := uint64(8*limit + 64*runs + 256<<10); allocated()-before > bound {
+				t.Fatalf("%d bytes allocated rewriting %d bytes (cap %d, bound %d): %.200q", allocated()-before, len(data), limit, bound, data)
+			}
+			if len(b.out) > limit && err == nil && res.answer == "" {
+				t.Fatalf("%d bytes built past the cap %d: %.200q", len(b.out), limit, data)
+			}
+			if err != nil || res.answer != "" {
+				continue
+			}
+			out, ok := imapwire.ParseCommand(b.out)
+			if !ok || string(out.Tag) != string(cmd.Tag) || !out.UID {
+				t.Fatalf("rewrote %q into %q", data, b.out)
+			}
 		}
 	})
 }

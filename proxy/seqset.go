@@ -86,6 +86,37 @@ func appendUIDSet(dst []byte, set imap.UIDSet) []byte {
 	return dst
 }
 
+// uidSetLen is the length of appendUIDSet(nil, set), counted without
+// writing it: a bound is checked before the bytes exist.
+func uidSetLen(set imap.UIDSet) int {
+	n := 0
+	for i, r := range set {
+		if i > 0 {
+			n++ // ','
+		}
+		n += uintLen(uint32(r.Start))
+		if r.Stop != r.Start {
+			n++ // ':'
+			if r.Stop == 0 {
+				n++ // '*'
+			} else {
+				n += uintLen(uint32(r.Stop))
+			}
+		}
+	}
+	return n
+}
+
+// uintLen is the number of decimal digits of n.
+func uintLen(n uint32) int {
+	d := 1
+	for n >= 10 {
+		n /= 10
+		d++
+	}
+	return d
+}
+
 // appendSeqSet formats a client sequence set into dst.
 // Ascending neighbours are joined ("1,2,3" is written "1:3", as servers
 // write ESEARCH's ALL; RFC 4731 §3.1 and RFC 5267 §3.2 read both alike).

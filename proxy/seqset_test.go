@@ -23,3 +23,18 @@ func TestAppendSeqSetJoinsNeighbours(t *testing.T) {
 		}
 	}
 }
+
+// TestUIDSetLen: the length a bound is checked against is the length
+// written.
+func TestUIDSetLen(t *testing.T) {
+	for _, set := range []imap.UIDSet{
+		nil,
+		{{Start: 1, Stop: 1}},
+		{{Start: 9, Stop: 10}, {Start: 99, Stop: 0}, {Start: 4294967295, Stop: 4294967295}},
+		{{Start: 1, Stop: 999999}, {Start: 1000001, Stop: 1000001}},
+	} {
+		if got, want := uidSetLen(set), len(appendUIDSet(nil, set)); got != want {
+			t.Errorf("%v: uidSetLen %d, written %d", set, got, want)
+		}
+	}
+}

@@ -78,8 +78,8 @@ func (ss *session) lock(req rules.LockRequest) (func(), error) {
 	defer cancel()
 	defer ss.watchClient(ss.cr.Buffered())()
 	t0 := time.Now()
-	release, err := mgr.Acquire(ctx, keys)
-	ss.srv.Metrics.lockWaited(time.Since(t0), err != nil)
+	release, err := ss.acquire(ctx, mgr, keys)
+	ss.srv.Metrics.lockWaited(time.Since(t0), errors.Is(err, locks.ErrTimeout))
 	if d := time.Since(t0); d > 100*time.Millisecond {
 		ss.log.Debug().Strs("keys", keys).Dur("waited", d).Msg("lock wait")
 	}
@@ -99,23 +99,41 @@ func (ss *session) lockFailed(tag string, err error) error {
 		ss.sendf("%s NO [INUSE] Mailbox in use by another session, try again", tag)
 		return nil
 	}
+	if errors.Is(err, locks.ErrUnavailable) {
+		// Fail closed: the command would go up unserialized (RFC 5530
+		// UNAVAILABLE: a subsystem is down, try again later).
+		ss.sendf("%s NO [UNAVAILABLE] Lock service unavailable, try again later", tag)
+		return nil
+	}
 	return err
 }
 
-// spoolMem is how much of an APPEND literal is kept in memory; the rest
-// goes to an unlinked temporary file. A slow client then never holds a
-// mailbox lock: the lock is taken once the whole message is here.
-const spoolMem = 1 << 20
+const (
+	// appendMem bounds what one APPEND holds in memory: its lines, the
+	// small literals kept inline and the start of spooled ones (issue
+	// 16: a MULTIAPPEND of many literals was held whole). The rest of a
+	// literal goes to an unlinked temporary file. A slow client then
+	// never holds a mailbox lock: the lock is taken once the whole
+	// command is here.
+	appendMem = 1 << 20
+	// appendInline is the largest literal kept in the command's buffer.
+	appendInline = 64 << 10
+	// maxAppendLiterals bounds the messages of one APPEND (RFC 3502
+	// MULTIAPPEND): each spooled one holds an open file.
+	maxAppendLiterals = 1000
+)
 
-// spool holds one literal's bytes: memory first, then a temporary file.
+// spool holds one literal's bytes: up to memMax in memory, then a
+// temporary file.
 type spool struct {
-	mem bytes.Buffer
-	f   *os.File
-	n   int64
+	mem    bytes.Buffer
+	memMax int
+	f      *os.File
+	n      int64
 }
 
 func (s *spool) Write(p []byte) (int, error) {
-	if s.f == nil && s.mem.Len()+len(p) <= spoolMem {
+	if s.f == nil && s.mem.Len()+len(p) <= s.memMax {
 		s.n += int64(len(p))
 		return s.mem.Write(p)
 	}
@@ -207,18 +225,26 @@ func (ss *session) appendSpooled(rs *relayState, cmd imapwire.Command, line []by
 		}
 	}()
 	c.buf = append(c.buf, line...)
+	spooledMem := 0 // bytes of c's spools held in memory
 	for {
 		lit, has := imapwire.TrailingLiteral(line)
 		if !has {
 			break
 		}
-		if lit.Size > ss.srv.maxLiteral() {
+		var tooBig string
+		switch {
+		case lit.Size > ss.srv.maxLiteral():
+			tooBig = "Literal too large"
+		case len(c.lits) >= maxAppendLiterals || len(c.buf) > 2*appendMem:
+			tooBig = "APPEND too large"
+		}
+		if tooBig != "" {
 			if !lit.Sync {
 				ss.endOnReadError(errLiteralTooBig, line)
 				return net.ErrClosed
 			}
 			// RFC 7889 §4: too big for the server; nothing went upstream.
-			ss.sendf("%s NO [TOOBIG] Literal too large", tag)
+			ss.sendf("%s NO [TOOBIG] %s", tag, tooBig)
 			return nil
 		}
 		if lit.Sync {
@@ -227,17 +253,19 @@ func (ss *session) appendSpooled(rs *relayState, cmd imapwire.Command, line []by
 		hdr := len(c.buf) - len(line) + lit.Start
 		span := litSpan{hdr: hdr, data: len(c.buf), lit: lit}
 		ss.cr.Expect(lit.Size)
-		if lit.Size <= 64<<10 {
+		free := max(appendMem-len(c.buf)-spooledMem, 0)
+		if lit.Size <= appendInline && lit.Size <= int64(free) {
 			var err error
 			if c.buf, err = ss.cr.ReadLiteral(c.buf); err != nil {
 				return err
 			}
 		} else {
-			span.spool = &spool{}
+			span.spool = &spool{memMax: free}
 			if _, err := ss.cr.CopyLiteral(span.spool); err != nil {
 				span.spool.Close()
 				return err
 			}
+			spooledMem += span.spool.mem.Len()
 		}
 		ss.bytesIn.Add(lit.Size)
 		span.end = len(c.buf)

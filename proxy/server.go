@@ -100,11 +100,26 @@ type Server struct {
 	// before the next failure is answered (DefaultAuthFailureDelay if
 	// zero; negative: none).
 	AuthFailureDelay time.Duration
+	// LoginRatePerIP and LoginRatePerUser are token buckets of login
+	// attempts per client address and per login name (case-folded),
+	// taken before the backend is asked, whatever the outcome; an attempt
+	// past either is answered NO [UNAVAILABLE] (a zero field takes
+	// DefaultLoginBurstPerIP, DefaultLoginIntervalPerIP and their PerUser
+	// counterparts; a negative Burst: no limit).
+	LoginRatePerIP   LoginRate
+	LoginRatePerUser LoginRate
+	// ExpansionFactor and ExpansionFloor bound translations: a rewritten
+	// command or translated response may be max(ExpansionFloor,
+	// ExpansionFactor × its input) bytes (DefaultExpansionFactor,
+	// DefaultExpansionFloor if zero). Past it a command is answered NO
+	// [TOOBIG] and not sent; a response ends the session with BYE.
+	ExpansionFactor int
+	ExpansionFloor  int
 
 	mu        sync.Mutex
 	memLocks  *locks.Memory
 	perIP     map[string]int
-	failures  *lru.Cache[string, *authFailure]
+	logins    *lru.Cache[string, *loginRecord]
 	listeners map[net.Listener]struct{}
 	sessions  map[*session]struct{}
 	wg        sync.WaitGroup

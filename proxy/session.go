@@ -78,6 +78,9 @@ type session struct {
 	// fetched under other names; its lines after a literal are renamed
 	// too. Only the backend reader uses it.
 	renameCont bool
+	// heldBytes: the bytes of the SELECT responses held (onSelecting).
+	// Only the backend reader uses it.
+	heldBytes int
 
 	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
 	closeOnce         sync.Once
@@ -673,6 +676,14 @@ func (ss *session) authenticate(tag, mech string, hasIR bool, ir string) (user, 
 // login routes user, dials the backend and logs in there. It answers the
 // client either way and reports success.
 func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
+	// The rate decision comes first, before the password goes anywhere:
+	// it is the same whatever the password, and takes no backend's time.
+	if which := ss.srv.loginAllowed(ss.ip, user); which != "" {
+		ss.log.Info().Str("user", user).Str("limit", which).Msg("login rate limited")
+		ss.srv.Metrics.login("", "rate_limited", 0)
+		ss.sendf("%s NO [UNAVAILABLE] Too many logins, try again later", tag)
+		return false
+	}
 	release, ok := ss.srv.loginTurn(ss.ip, ss.done)
 	if !ok {
 		return false

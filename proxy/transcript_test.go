@@ -33,6 +33,7 @@ import (
 //	@maxliteral: n  the server's literal bound
 //	@maxline: n     the server's line bound
 //	@legacy         the backend is marked legacy (numbers never trusted)
+//	@expansion: f n the server's expansion factor and floor
 //	@pause: d       wait d (a Go duration) before the next line
 //	# comment
 //
@@ -53,7 +54,7 @@ func TestTranscripts(t *testing.T) {
 	}
 }
 
-func unescape(t *testing.T, s string) []byte {
+func unescape(t testing.TB, s string) []byte {
 	var out []byte
 	crlf := true
 	if strings.HasSuffix(s, `\c`) {
@@ -196,6 +197,11 @@ func runTranscript(t *testing.T, file string) {
 		if v, ok := strings.CutPrefix(l, "@maxline: "); ok {
 			srv.MaxLine, _ = strconv.Atoi(v)
 		}
+		if v, ok := strings.CutPrefix(l, "@expansion: "); ok {
+			if _, err := fmt.Sscan(v, &srv.ExpansionFactor, &srv.ExpansionFloor); err != nil {
+				t.Fatalf("bad @expansion %q: %v", v, err)
+			}
+		}
 		if strings.TrimSpace(l) == "@legacy" {
 			backend.Legacy, backend.ExplicitSeen = true, true
 		}
@@ -233,7 +239,7 @@ func runTranscript(t *testing.T, file string) {
 			tr.caps = v
 			continue
 		}
-		if strings.HasPrefix(l, "@maxliteral: ") || strings.HasPrefix(l, "@maxline: ") || l == "@legacy" {
+		if strings.HasPrefix(l, "@maxliteral: ") || strings.HasPrefix(l, "@maxline: ") || strings.HasPrefix(l, "@expansion: ") || l == "@legacy" {
 			continue
 		}
 		if l == "@login" {

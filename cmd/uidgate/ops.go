@@ -31,10 +31,13 @@ type ops struct {
 	registry *prometheus.Registry
 	bound    atomic.Bool // every listener is bound
 	backends func() []string
+	// locks, if set, adds etcd's reachability ([locks] backend = "etcd").
+	locks *lockReadiness
 
 	mu      sync.Mutex
 	checked time.Time
 	ready   bool
+	note    string // why not ready, or what readiness overlooks
 }
 
 func newOps(backends func() []string) *ops {
@@ -50,38 +53,46 @@ func (o *ops) handler() http.Handler {
 		w.Write([]byte("ok\n")) // the process is up
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !o.isReady(r.Context()) {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		ready, note := o.isReady(r.Context())
+		if note != "" {
+			note = ": " + note
+		}
+		if !ready {
+			http.Error(w, "not ready"+note, http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ready\n"))
+		w.Write([]byte("ready" + note + "\n"))
 	})
 	return mux
 }
 
-// isReady: listeners bound and at least one backend accepts a connection.
-func (o *ops) isReady(ctx context.Context) bool {
+// isReady: listeners bound, at least one backend accepts a connection,
+// and etcd answers if the locks live there (note says what is wrong).
+func (o *ops) isReady(ctx context.Context) (bool, string) {
 	if !o.bound.Load() {
-		return false
+		return false, "listeners not bound"
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if time.Since(o.checked) < readyCache {
-		return o.ready
+		return o.ready, o.note
 	}
-	o.ready = false
+	o.ready, o.note = false, "no backend reachable"
 	for _, addr := range o.backends() {
 		dctx, cancel := context.WithTimeout(ctx, readyProbeTimeout)
 		c, err := (&net.Dialer{}).DialContext(dctx, "tcp", addr)
 		cancel()
 		if err == nil {
 			c.Close()
-			o.ready = true
+			o.ready, o.note = true, ""
 			break
 		}
 	}
+	if o.ready && o.locks != nil {
+		o.ready, o.note = o.locks.check(ctx)
+	}
 	o.checked = time.Now()
-	return o.ready
+	return o.ready, o.note
 }
 
 // serveOps serves on ln until ctx ends.

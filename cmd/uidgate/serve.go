@@ -149,7 +149,17 @@ func newServer(c *configs.Config, log *zerolog.Logger, current *atomic.Pointer[r
 		MaxConnections:      c.Limits.MaxConnectionsOrDefault(),
 		MaxConnectionsPerIP: c.Limits.MaxConnectionsPerIPOrDefault(),
 		AuthFailureDelay:    c.Limits.AuthFailureDelayOrDefault(),
-		Serialization:       rules.Serialization{SelectTakesSeen: c.Serialization.SelectTakesSeen},
+		ExpansionFactor:     c.Limits.ExpansionFactorOrDefault(),
+		ExpansionFloor:      c.Limits.ExpansionFloorOrDefault(),
+		LoginRatePerIP: proxy.LoginRate{
+			Burst:    c.Limits.LoginBurstPerIPOrDefault(),
+			Interval: c.Limits.LoginIntervalPerIPOrDefault(),
+		},
+		LoginRatePerUser: proxy.LoginRate{
+			Burst:    c.Limits.LoginBurstPerUserOrDefault(),
+			Interval: c.Limits.LoginIntervalPerUserOrDefault(),
+		},
+		Serialization: rules.Serialization{SelectTakesSeen: c.Serialization.SelectTakesSeen},
 	}, nil
 }
 
@@ -179,6 +189,19 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 		return addrs
 	})
 	srv.Metrics = o.metrics
+	lm, err := newLockManager(c.Locks, &log)
+	if err != nil {
+		return err
+	}
+	if lm != nil {
+		// Closed when serve returns, after Shutdown has ended the sessions:
+		// the lease is revoked and this instance's locks go at once.
+		defer lm.Close()
+		srv.Locks = lm
+		o.locks = &lockReadiness{m: lm, required: c.Locks.OnUnavailableOrDefault() == configs.UnavailableFail}
+		registerLockMetrics(o.registry, lm)
+		log.Info().Strs("endpoints", c.Locks.Endpoints).Str("prefix", c.Locks.PrefixOrDefault()).Msg("locks in etcd")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	opsDone := make(chan error, 1)
