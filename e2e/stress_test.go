@@ -30,7 +30,7 @@ func TestStress(t *testing.T) {
 			be := startBackend(t, kind)
 			g := startGate(t, gateOpts{backend: upstream.Backend{Address: be.Addr, Legacy: true, ExplicitSeen: true, CyrusNamespace: kind != "dovecot"}})
 			for _, target := range []struct{ name, addr string }{{"direct", be.Addr}, {"uidgate", g.Addr}} {
-				res, out, err := runStress(bin, kind, target.name, target.addr, 12, stressTime)
+				res, out, err := runStress(bin, kind, target.name, "", target.addr, 12, stressTime)
 				if err != nil || res.Violations != 0 || res.Stalls != 0 || res.Commands == 0 {
 					t.Fatalf("%s: stress %v\n%s", target.name, err, out)
 				}
@@ -58,17 +58,17 @@ type stressResult struct {
 }
 
 // runStress runs the stress checker (8 pipelining sessions of alice) for
-// d against addr, on a mailbox of its own for target (a fresh one, so
-// that targets run one after another on one server start alike: Cyrus
-// 3.6 keeps expunged messages in the index, delayed expunge, and slows
-// down as they pile up), and returns its result, its output's last line (the
+// d against addr, in box (INBOX if ""), and returns its result, its output's last line (the
 // JSON) and the whole output on error. Run directly against Cyrus 3.6 it
 // tolerates that server's own deviation, counted apart: a SEARCH naming
 // a message no EXISTS announced by its tagged answer.
-func runStress(bin, kind, target, addr string, seed int, d time.Duration) (stressResult, string, error) {
+func runStress(bin, kind, target, box, addr string, seed int, d time.Duration) (stressResult, string, error) {
 	direct := target == "direct"
-	args := []string{"-addr", addr, "-mode", "stress", "-user", "alice", "-pass", testUsers["alice"], "-mailbox", mailboxName(kind, "stress-"+target),
+	args := []string{"-addr", addr, "-mode", "stress", "-user", "alice", "-pass", testUsers["alice"],
 		"-sessions", "8", "-seed", strconv.Itoa(seed), "-duration", d.String(), "-max-time", (d + 5*time.Minute).String()}
+	if box != "" {
+		args = append(args, "-mailbox", box)
+	}
 	if direct && kind == "cyrus" {
 		args = append(args, "-tolerate-search-ahead")
 	}
