@@ -115,8 +115,8 @@ func expungeCandidates(sel *selection) (imap.UIDSet, bool) {
 // floor+1:*"): the UIDs above floor are the messages that arrived, in
 // order, and they are the placeholders EXISTS added at the end of the map
 // only if there are as many. A "*" that names a UID below floor+1
-// (nothing above it) is left out (RFC 9051 §6.4.8: "n:*" includes the
-// last message whatever n). Must hold rs.mu.
+// (nothing above it) is left out (RFC 3501 §6.4.8, RFC 9051 §6.4.9: "n:*"
+// includes the last message whatever n). Must hold rs.mu.
 func (ss *session) endArrivals(rs *relayState, sel *selection, set imap.UIDSet) []byte {
 	if sel.full || len(sel.expReports) > 0 {
 		sel.markDirty() // other news came meanwhile
