@@ -209,10 +209,13 @@ func (ss *session) relay(ctx context.Context) {
 	// both sides; the other then returns too, and only the first's error
 	// is worth a log line.
 	var first sync.Once
-	end := func(err error) {
+	end := func(side string, err error) {
 		first.Do(func() {
-			if err != nil && !isClosed(err) {
-				ss.log.Warn().Err(err).Msg("relay ended")
+			switch {
+			case err != nil && !isClosed(err):
+				ss.log.Warn().Err(err).Str("side", side).Msg("relay ended")
+			default:
+				ss.log.Debug().AnErr("error", err).Str("side", side).Msg("relay ended")
 			}
 		})
 		ss.closeAll()
@@ -220,9 +223,9 @@ func (ss *session) relay(ctx context.Context) {
 	clientDone := make(chan struct{})
 	go func() {
 		defer close(clientDone)
-		end(ss.clientToUpstream(rs))
+		end("client", ss.clientToUpstream(rs))
 	}()
-	end(ss.upstreamToClient(rs))
+	end("backend", ss.upstreamToClient(rs))
 	<-clientDone
 	rs.mu.Lock()
 	rs.ended = true
@@ -235,6 +238,15 @@ func (ss *session) relay(ctx context.Context) {
 		delete(rs.tags, tag)
 	}
 	rs.mu.Unlock()
+}
+
+// injectedInFlight reports whether a command uidgate sent itself is not
+// yet answered.
+func (ss *session) injectedInFlight(rs *relayState) bool {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	_, ok := rs.tags[rs.injected]
+	return rs.injected != "" && ok
 }
 
 // writeUp writes to the backend; flush sends it.
@@ -383,6 +395,13 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			// A legacy backend's numbers are never trusted: after it
 			// reported EXPUNGE/EXISTS, learn the truth by UID first.
 			if err := ss.resyncIfDirty(rs); err != nil {
+				return err
+			}
+		} else if ss.injectedInFlight(rs) {
+			// LOGOUT needs no resync, but must not overtake one in flight:
+			// the backend answers LOGOUT and closes, and an answer held
+			// for that resync (beforeTagged) would never reach the client.
+			if err := ss.barrier(rs); err != nil {
 				return err
 			}
 		}
@@ -904,6 +923,9 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			midResponse, dropping = has, false
 			continue
 		}
+		if !midResponse {
+			ss.traceLine("S", line)
+		}
 		literalOK := true
 		fwd := line
 		logoutDone := false
@@ -969,6 +991,7 @@ func (ss *session) toClient(ur *imapwire.Reader, fwd []byte, lit imapwire.Litera
 	ss.cw.mu.Lock()
 	defer ss.cw.mu.Unlock()
 	if len(fwd) > 0 || flush {
+		ss.traceLine("R", fwd)
 		if err := ss.cw.write(fwd, flush); err != nil {
 			return err
 		}

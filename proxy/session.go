@@ -239,6 +239,7 @@ func (w *syncWriter) send(b []byte) error {
 
 func (ss *session) sendf(format string, args ...any) error {
 	b := fmt.Appendf(nil, format, args...)
+	ss.traceLine("R", b)
 	ss.bytesOut.Add(int64(len(b) + 2))
 	return ss.cw.send(append(b, '\r', '\n'))
 }
@@ -567,6 +568,16 @@ func (ss *session) traceCommand(cmd, name []byte, preauth bool) {
 			b = b[:traceMax]
 		}
 		e.Bytes("C", b).Send()
+	}
+}
+
+// traceLine logs a response line at trace level under key: "S" as the
+// backend sent it, "R" as the client is sent it. Responses carry no
+// password (a LOGIN's arguments are never echoed), so they go out whole,
+// up to traceMax.
+func (ss *session) traceLine(key string, line []byte) {
+	if e := ss.log.Trace(); e.Enabled() && len(line) > 0 {
+		e.Bytes(key, imapwire.TrimEOL(line[:min(len(line), traceMax)])).Send()
 	}
 }
 

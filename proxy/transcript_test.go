@@ -27,6 +27,7 @@ import (
 //	S: text   the client must receive exactly text+CRLF next
 //	U: text   the backend must receive exactly text+CRLF next
 //	S: <closed> / U: <closed>   that side must see the connection end
+//	S: <nothing> / U: <nothing>  that side must receive nothing for quietTime
 //	B: <close>      the backend closes its connection
 //	@upcaps: caps   capabilities of the scripted backend (before @login)
 //	@login          log in as "alice": the standard exchange, checked
@@ -41,6 +42,9 @@ import (
 // is sent or expected without its CRLF.
 
 const stepTimeout = 5 * time.Second
+
+// quietTime is how long "<nothing>" waits for bytes that must not come.
+const quietTime = 300 * time.Millisecond
 
 func TestTranscripts(t *testing.T) {
 	files, err := filepath.Glob("testdata/transcripts/*.txt")
@@ -156,6 +160,16 @@ func (tr *transcript) expectClosed(who string, c net.Conn, r *bufio.Reader) {
 	}
 	if err != io.EOF && !strings.Contains(err.Error(), "reset") {
 		tr.fatalf("%s: want EOF, got %v", who, err)
+	}
+}
+
+// expectNothing fails if who receives anything within quietTime.
+func (tr *transcript) expectNothing(who string, c net.Conn, r *bufio.Reader) {
+	tr.t.Helper()
+	c.SetReadDeadline(time.Now().Add(quietTime))
+	if _, err := r.Peek(1); err == nil {
+		got, _ := r.Peek(r.Buffered())
+		tr.fatalf("%s: want nothing yet, got %q", who, got)
 	}
 }
 
@@ -291,6 +305,8 @@ func runTranscript(t *testing.T, file string) {
 		case "S":
 			if text == "<closed>" {
 				tr.expectClosed("client", cc, tr.cr)
+			} else if text == "<nothing>" {
+				tr.expectNothing("client", cc, tr.cr)
 			} else {
 				tr.expect("client", cc, tr.cr, unescape(t, text))
 			}
@@ -300,6 +316,8 @@ func runTranscript(t *testing.T, file string) {
 			}
 			if text == "<closed>" {
 				tr.expectClosed("backend", tr.back, tr.br)
+			} else if text == "<nothing>" {
+				tr.expectNothing("backend", tr.back, tr.br)
 			} else {
 				tr.expect("backend", tr.back, tr.br, unescape(t, text))
 			}
