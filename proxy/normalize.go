@@ -639,6 +639,9 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 	case r.HasNum && imapwire.EqualFold(r.Name, "RECENT"):
 		return line, false
 	case r.HasNum && imapwire.EqualFold(r.Name, "FETCH"):
+		if ss.cheapFetch(rs, sel, r, line) {
+			return nil, true
+		}
 		return ss.translateFetch(rs, sel, r, line, out)
 	case imapwire.EqualFold(r.Name, "VANISHED"):
 		// RFC 7162 §3.2.10; QRESYNC is withheld, so only if ENABLEd anyway.
@@ -753,7 +756,14 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 			}
 			return ss.finishSelect(rs, sel, out), false
 		}
+		var news []byte
+		if pc.inject == injectResync && sel.cheap != resyncFull {
+			news = ss.endCheapResync(rs, sel, ok)
+		}
 		b := ss.injectedDone(rs, sel, pc, out)
+		if len(news) > 0 {
+			b = append(news, b...)
+		}
 		if len(b) > 0 {
 			return b, false
 		}

@@ -5,6 +5,8 @@ import (
 	"strconv"
 
 	"github.com/emersion/go-imap/v2"
+
+	"uidgate/proxy/imapwire"
 )
 
 // Legacy resync by changes (issue 15). A legacy backend's message numbers
@@ -15,6 +17,16 @@ import (
 //   - after arrivals alone, the UIDs above the last one known;
 //   - after expunges alone, the UIDs at and around the places the backend's
 //     EXPUNGE numbers point to in uidgate's view of it.
+//
+// Both ask with "UID FETCH <set> (UID)", not "UID SEARCH UID <set>":
+// Cyrus 2.3 finds a UID range by binary search for FETCH
+// (index_forsequence) but evaluates SEARCH on every message of the
+// mailbox whatever the range (_index_search), so at 100,000 messages the
+// SEARCH form cost the mailbox's size again (docs/BENCHMARKS.md). The
+// answer's FETCH lines are collected as they come (cheapFetch) and taken
+// at the tagged answer (endCheapResync); a FETCH line that carries more
+// than the UID (a flag change the server reports with it) still goes to
+// the client as well.
 //
 // The numbers only say where to look. What the answer shows is true by
 // UID: a message found is in the mailbox, a known UID asked about and not
@@ -62,22 +74,95 @@ func resyncCommand(rs *relayState, sel *selection) string {
 	case sel.full:
 	case len(sel.expReports) > 0 && !unresolved:
 		if cands, ok := expungeCandidates(sel); ok {
-			sel.cheap, sel.expCands, sel.expSent = resyncExpunges, cands, len(sel.expReports)
-			return uidSearchCommand(rs, cands.String())
+			sel.cheap, sel.expCands, sel.expSent, sel.cheapFound = resyncExpunges, cands, len(sel.expReports), nil
+			return uidFetchCommand(cands.String())
 		}
 	case len(sel.expReports) == 0 && unresolved && first > 0 && last == sel.m.UpstreamCount() && floor < math.MaxUint32:
-		sel.cheap, sel.floor = resyncArrivals, floor
-		return uidSearchCommand(rs, strconv.FormatUint(uint64(floor)+1, 10)+":*")
+		sel.cheap, sel.floor, sel.cheapFound = resyncArrivals, floor, nil
+		return uidFetchCommand(strconv.FormatUint(uint64(floor)+1, 10) + ":*")
 	}
 	return searchAllCommand(rs)
 }
 
-// uidSearchCommand asks which UIDs of set are in the mailbox.
-func uidSearchCommand(rs *relayState, set string) string {
-	if rs.esearch {
-		return "UID SEARCH RETURN (ALL) UID " + set
+// uidFetchCommand asks which UIDs of set are in the mailbox.
+func uidFetchCommand(set string) string {
+	return "UID FETCH " + set + " (UID)"
+}
+
+// cheapFetch takes the UID of a FETCH line that comes while a cheap
+// resync is in flight, and reports whether the line is only the
+// resync's answer ("* n FETCH (UID u)"), to be dropped. A line with
+// other items as well goes on to translateFetch. Must hold rs.mu.
+func (ss *session) cheapFetch(rs *relayState, sel *selection, r *imapwire.Response, line []byte) (drop bool) {
+	if sel.cheap == resyncFull || rs.tags[rs.injected].inject != injectResync {
+		return false
 	}
-	return "UID SEARCH UID " + set
+	uid, only := fetchUID(line[r.After:])
+	if uid == 0 {
+		return false
+	}
+	if len(sel.cheapFound) < maxCheapRanges {
+		sel.cheapFound.AddNum(imap.UID(uid))
+	} else {
+		sel.cheapOver = true
+	}
+	return only
+}
+
+// maxCheapRanges bounds the ranges a cheap resync's answer may add up
+// to; past it the answer is not taken (the whole list next).
+const maxCheapRanges = 4096
+
+// fetchUID returns the UID item of a FETCH response's item list ("(UID 7
+// FLAGS ())"), and whether it is the only item; 0 if there is none.
+func fetchUID(b []byte) (uid uint32, only bool) {
+	b = imapwire.TrimEOL(b)
+	d := imapwire.NewDecoder(b)
+	if !d.Special('(') {
+		return 0, false
+	}
+	items := 0
+	for !d.Special(')') {
+		if items > 0 && !d.SP() {
+			return 0, false
+		}
+		nameStart := d.Pos()
+		if !d.SkipValue() {
+			return 0, false
+		}
+		name := b[nameStart:d.Pos()]
+		if !d.SP() {
+			return 0, false
+		}
+		valStart := d.Pos()
+		if !d.SkipValue() {
+			return uid, false // a literal follows: more than the UID
+		}
+		if imapwire.EqualFold(name, "UID") {
+			if n, ok := parseNumber(b[valStart:d.Pos()]); ok {
+				uid = n
+			}
+		}
+		items++
+	}
+	return uid, items == 1 && d.EOL()
+}
+
+// endCheapResync applies a cheap resync's answer at its tagged response
+// (ok: it was OK) and returns what the client must hear of it. Must hold
+// rs.mu.
+func (ss *session) endCheapResync(rs *relayState, sel *selection, ok bool) []byte {
+	kind, set, over := sel.cheap, sel.cheapFound, sel.cheapOver
+	sel.cheap, sel.cheapFound, sel.cheapOver = resyncFull, nil, false
+	if !ok || over {
+		sel.expCands = nil
+		sel.markDirty()
+		return nil
+	}
+	if kind == resyncArrivals {
+		return ss.endArrivals(rs, sel, set)
+	}
+	return ss.endExpunges(rs, sel, set)
 }
 
 // expungeCandidates places the reported EXPUNGE numbers in uidgate's view
@@ -111,8 +196,8 @@ func expungeCandidates(sel *selection) (imap.UIDSet, bool) {
 	return cands, true
 }
 
-// endArrivals applies the answer of an arrivals resync ("UID SEARCH UID
-// floor+1:*"): the UIDs above floor are the messages that arrived, in
+// endArrivals applies the answer of an arrivals resync ("UID FETCH
+// floor+1:* (UID)"): the UIDs above floor are the messages that arrived, in
 // order, and they are the placeholders EXISTS added at the end of the map
 // only if there are as many. A "*" that names a UID below floor+1
 // (nothing above it) is left out (RFC 3501 §6.4.8, RFC 9051 §6.4.9: "n:*"
@@ -152,8 +237,8 @@ func (ss *session) endArrivals(rs *relayState, sel *selection, set imap.UIDSet) 
 	return ss.announce(rs, sel, &out, nil)
 }
 
-// endExpunges applies the answer of an expunges resync ("UID SEARCH UID
-// <candidates>"): the candidates not found are gone, and they are what the
+// endExpunges applies the answer of an expunges resync ("UID FETCH
+// <candidates> (UID)"): the candidates not found are gone, and they are what the
 // backend reported only if there are as many as its EXPUNGEs. They become
 // pending expunges, released where the scheduler allows; an EXISTS count
 // reported after them then adds placeholders for the arrivals it counts.

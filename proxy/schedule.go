@@ -61,6 +61,10 @@ type schedule struct {
 	floor    uint32      // resyncArrivals: the last UID known before them
 	expCands imap.UIDSet // resyncExpunges: the UIDs asked about
 	expSent  int         // resyncExpunges: len(expReports) when sent
+	// cheapFound: the UIDs the cheap resync's FETCH lines named so far;
+	// cheapOver: more ranges than maxCheapRanges came.
+	cheapFound imap.UIDSet
+	cheapOver  bool
 	// flagCands: legacy: UIDs the backend reported flag changes for by
 	// number alone; refetched by UID before the resync (flagFetch).
 	flagCands imap.UIDSet

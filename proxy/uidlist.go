@@ -456,7 +456,7 @@ func esearchTag(r *imapwire.Response, head []byte) string {
 func (ss *session) resyncList(rs *relayState, r *imapwire.Response, head []byte) *uidList {
 	sel := rs.sel
 	if sel == nil || sel.state != selReady || r.Kind != imapwire.RespUntagged ||
-		rs.injected == "" || rs.tags[rs.injected].inject != injectResync {
+		rs.injected == "" || rs.tags[rs.injected].inject != injectResync || sel.cheap != resyncFull {
 		return nil
 	}
 	switch {
@@ -480,15 +480,6 @@ func (ss *session) endResyncList(rs *relayState, sel *selection, p *uidList) []b
 		ss.log.Warn().Err(err).Msg("resync list unreadable; not applied")
 		sel.listBad = true
 		return nil
-	}
-	if kind := sel.cheap; kind != resyncFull {
-		sel.cheap = resyncFull
-		set := p.ranges.set
-		p.ranges.set = nil
-		if kind == resyncArrivals {
-			return ss.endArrivals(rs, sel, set)
-		}
-		return ss.endExpunges(rs, sel, set)
 	}
 	ss.srv.Metrics.resync()
 	st, err := sel.m.ResyncSet(p.ranges.set)
