@@ -734,9 +734,11 @@ func (ss *session) onTagged(rs *relayState, r *imapwire.Response, line []byte, o
 		}
 		return nil, true
 	}
-	if pc.inject == injectClose {
+	if pc.inject == injectClose || pc.inject == injectUnselect {
 		// Its expunges are CLOSE's, which tells the client none (RFC 9051
 		// §6.4.1): a NO (nothing to expunge, no right) changes nothing.
+		// UNSELECT before LOGOUT: the client asked for LOGOUT's answer
+		// only.
 		return nil, true
 	}
 	if pc.inject != injectNone {

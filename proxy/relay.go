@@ -53,6 +53,7 @@ const (
 	injectSeen               // UID STORE +FLAGS (\Seen): explicit \Seen
 	injectFlags              // UID FETCH uids (FLAGS): legacy flag reports
 	injectClose              // EXPUNGE before a legacy CLOSE sent as UNSELECT
+	injectUnselect           // UNSELECT before a legacy LOGOUT: seen written first
 )
 
 const (
@@ -454,7 +455,8 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			pc.release = release
 		}
 		rs.mu.Lock()
-		var closeExpunge []byte
+		// sendFirst: uidgate's own command sent just before this one.
+		var sendFirst []byte
 		unselect := pc.kind == cmdClose && rs.legacy && rs.sel != nil && ss.up.HasCap("UNSELECT") && bareCommand(line, cmd)
 		if unselect && !rs.readOnly {
 			// Cyrus 2.3's CLOSE expunges under an index lock that re-reads
@@ -473,7 +475,25 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			st := injectTagPrefix + itoa(rs.injectN)
 			rs.seqN++
 			rs.tags[st] = pendingCmd{kind: cmdExpunge, inject: injectClose, seq: rs.seqN, forbidsExpunge: true}
-			closeExpunge = []byte(st + " EXPUNGE\r\n")
+			sendFirst = []byte(st + " EXPUNGE\r\n")
+			rs.sel.closing = true
+		}
+		if pc.kind == cmdLogout && rs.legacy && rs.sel != nil && ss.up.HasCap("UNSELECT") {
+			// Cyrus 2.3 answers LOGOUT first and only then, on its way
+			// out, writes the session's cached \Seen state (imapd.c: the
+			// "Logout" case returns after the OK; shut_down calls
+			// index_closemailbox): the client, and the locks held for
+			// the LOGOUT, are done before the state is stored, and a
+			// session that looks right after sees the user's reads
+			// missing (docs/CYRUS23.md). UNSELECT (RFC 3691) writes it
+			// before its answer; sent first, LOGOUT then leaves nothing
+			// to write. Its answer is uidgate's, and nothing numbered
+			// reaches the client after LOGOUT.
+			rs.injectN++
+			st := injectTagPrefix + itoa(rs.injectN)
+			rs.seqN++
+			rs.tags[st] = pendingCmd{kind: cmdUnselect, inject: injectUnselect, seq: rs.seqN, forbidsExpunge: true}
+			sendFirst = []byte(st + " UNSELECT\r\n")
 			rs.sel.closing = true
 		}
 		up := rs.registerLocked(tag, pc)
@@ -489,8 +509,8 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			rs.sel = &selection{m: sessionmap.New(), legacy: rs.legacy, state: selPending, tag: up}
 		}
 		rs.mu.Unlock()
-		if closeExpunge != nil {
-			if err := ss.writeUp(closeExpunge, false); err != nil {
+		if sendFirst != nil {
+			if err := ss.writeUp(sendFirst, false); err != nil {
 				return err
 			}
 		}
