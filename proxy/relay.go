@@ -46,14 +46,14 @@ const (
 type injectKind uint8
 
 const (
-	injectNone    injectKind = iota
-	injectBuild              // UID SEARCH ALL after SELECT: load the map
-	injectResync             // UID SEARCH ALL for a legacy backend: diff
-	injectResolve            // UID FETCH n:* (UID): learn new messages' UIDs
-	injectSeen               // UID STORE +FLAGS (\Seen): explicit \Seen
-	injectFlags              // UID FETCH uids (FLAGS): legacy flag reports
-	injectClose              // EXPUNGE before a legacy CLOSE sent as UNSELECT
-	injectUnselect           // UNSELECT before a legacy LOGOUT: seen written first
+	injectNone     injectKind = iota
+	injectBuild               // UID SEARCH ALL after SELECT: load the map
+	injectResync              // UID SEARCH ALL for a legacy backend: diff
+	injectResolve             // UID FETCH n:* (UID): learn new messages' UIDs
+	injectSeen                // UID STORE +FLAGS (\Seen): explicit \Seen
+	injectFlags               // UID FETCH uids (FLAGS): legacy flag reports
+	injectClose               // EXPUNGE before a legacy CLOSE sent as UNSELECT
+	injectUnselect            // UNSELECT before a legacy LOGOUT: seen written first
 )
 
 const (
