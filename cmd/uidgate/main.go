@@ -5,7 +5,7 @@
 //	uidgate demo                   show the failures uidgate prevents
 //	uidgate check-server -addr HOST:PORT -user NAME [flags]
 //	                               run them against a real server, direct and through uidgate
-//	uidgate version
+//	uidgate version [-v]           version and commit; -v: Go and dependency versions
 package main
 
 import (
@@ -16,7 +16,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
 )
 
@@ -31,7 +30,7 @@ func usage(w io.Writer) {
   uidgate demo                   run the legacy-server scenarios direct and through uidgate
   uidgate check-server -addr HOST:PORT -user NAME [-pass P] [-lmtp ADDR] [-rounds N]
                                  the same against a real server, in a scratch mailbox (-h for flags)
-  uidgate version                print the version
+  uidgate version [-v]           print the version and commit (-v: Go, build settings, dependencies)
 `)
 }
 
@@ -72,8 +71,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "check-server":
 		return checkServer(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintln(stdout, "uidgate", version())
-		return 0
+		return versionCmd(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(stdout)
 		return 0
@@ -86,24 +84,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 // signalContext ends on SIGINT or SIGTERM.
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-}
-
-// version reports the module version and VCS revision baked in by go build.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "(unknown)"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += " " + s.Value[:12]
-		}
-		if s.Key == "vcs.modified" && s.Value == "true" {
-			v += "+dirty"
-		}
-	}
-	return v
 }
 
 var errInvalidConfig = errors.New("invalid configuration")

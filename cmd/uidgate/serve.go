@@ -246,12 +246,17 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 		log.Info().Str("address", b.ln.Addr().String()).Str("tls", string(b.l.TLS)).Msg("listening")
 		go func() { errs <- srv.Serve(b.ln, b.l) }()
 	}
+	sd := newSDNotifier(&log) // systemd Type=notify: systemd.go
+	sd.ready(fmt.Sprintf("%d listeners bound", len(lns)))
+	sd.watchdog(ctx, o.bound.Load)
 	var serveErr error
 wait:
 	for {
 		select {
 		case <-hup:
+			sd.reloading()
 			reload(file, &current, &log)
+			sd.ready(fmt.Sprintf("%d listeners bound", len(lns)))
 		case <-ctx.Done():
 			log.Info().Msg("shutting down")
 			break wait
@@ -260,6 +265,7 @@ wait:
 			break wait
 		}
 	}
+	sd.stopping()
 	sctx, cancel := context.WithTimeout(context.Background(), c.Limits.DrainTimeoutOrDefault())
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
