@@ -48,7 +48,7 @@ type injectKind uint8
 const (
 	injectNone     injectKind = iota
 	injectBuild               // UID SEARCH ALL after SELECT: load the map
-	injectResync              // UID SEARCH ALL for a legacy backend: diff
+	injectResync              // legacy resync: UID SEARCH ALL, or UID FETCH set (UID)
 	injectResolve             // UID FETCH n:* (UID): learn new messages' UIDs
 	injectSeen                // UID STORE +FLAGS (\Seen): explicit \Seen
 	injectFlags               // UID FETCH uids (FLAGS): legacy flag reports
