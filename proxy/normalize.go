@@ -424,10 +424,7 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 			rs.idling = true
 			// IDLE is in progress: what was held may go now (RFC 9051 §6.3.13).
 			if sel := rs.sel; sel != nil && sel.state == selReady && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, rs.seqN) {
-				b := append((*out)[:0], line...)
-				b = append(b, ss.releaseLines(rs, sel, new([]byte))...)
-				*out = b
-				return b, false
+				return ss.releaseLines(rs, sel, out, line), false
 			}
 		}
 		return line, false
@@ -633,7 +630,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		}
 		if rs.idling && ss.mayRelease(rs, rs.seqN) {
 			// RFC 9051 §6.3.13: during IDLE, updates go out at once.
-			return ss.releaseLines(rs, sel, out), false
+			return ss.releaseLines(rs, sel, out, nil), false
 		}
 		return nil, true
 	case r.HasNum && imapwire.EqualFold(r.Name, "RECENT"):
