@@ -1022,24 +1022,27 @@ func prefixOrDrop(prefix []byte, out *[]byte) ([]byte, bool) {
 func (ss *session) translateNumberList(sel *selection, r *imapwire.Response, line []byte, out *[]byte) []byte {
 	rest := imapwire.TrimEOL(line[r.After:])
 	d := imapwire.NewDecoder(rest)
-	b := append((*out)[:0], line[:r.After]...)
+	// A client number is never longer than its UID (UIDs ascend from 1 in
+	// the client's order), so the line's length is room enough: one
+	// allocation, number by number, however long the list (issue 16:
+	// slices of the UIDs and numbers cost 8 bytes per result more).
+	b := slices.Grow((*out)[:0], len(line))
+	b = append(b, line[:r.After]...)
 	b = trimRightSP(b)
-	var uids []uint32
 	var tail []byte
 	for !d.EOL() {
 		if d.SP() {
 			continue
 		}
 		if n, ok := d.Number(); ok {
-			uids = append(uids, n)
+			if m, ok := sel.m.ClientMsgno(n); ok {
+				b = append(b, ' ')
+				b = appendUint(b, m)
+			}
 			continue
 		}
 		tail = d.Rest()
 		break
-	}
-	for _, m := range sel.m.AppendClientMsgnos(nil, uids) {
-		b = append(b, ' ')
-		b = appendUint(b, m)
 	}
 	if len(tail) > 0 {
 		b = append(b, ' ')

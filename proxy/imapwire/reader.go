@@ -131,6 +131,7 @@ func (r *Reader) assemble(frag []byte, err error) ([]byte, error) {
 			return r.line, ErrLineTooLong
 		}
 		frag, err = r.br.ReadSlice('\n')
+		r.line = r.grow(r.line, len(frag))
 		r.line = append(r.line, frag...)
 	}
 	if err != nil {
@@ -147,6 +148,19 @@ func (r *Reader) assemble(frag []byte, err error) ([]byte, error) {
 		r.line = nil // do not keep a huge buffer for the session's life
 	}
 	return line, nil
+}
+
+// grow makes room in line for n more bytes, doubling its capacity (append
+// grows a large slice by a quarter, and the copies left behind add up to
+// four times the line before they are collected), but never past the line
+// bound and one buffer: a line longer than that is refused.
+func (r *Reader) grow(line []byte, n int) []byte {
+	if len(line)+n <= cap(line) {
+		return line
+	}
+	c := min(max(2*cap(line), len(line)+n), r.maxLine+r.br.Size())
+	c = max(c, len(line)+n)
+	return append(make([]byte, 0, c), line...)
 }
 
 // ReadLineDivert is ReadLine for a line that may be too long to be worth
