@@ -97,6 +97,23 @@ func (p *patternReader) Read(b []byte) (int, error) {
 	return 0, io.EOF
 }
 
+// writeOddList writes head, the n UIDs 1,3,5,… and tail to w as they
+// are made.
+func writeOddList(w io.Writer, head string, n int, tail string) {
+	bw := bufio.NewWriterSize(w, 64<<10)
+	bw.WriteString(head)
+	var num []byte
+	for i := range n {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		num = appendUint(num[:0], uint32(2*i+1))
+		bw.Write(num)
+	}
+	bw.WriteString(tail)
+	bw.Flush()
+}
+
 // lineDrain reads the client's side of a session line by line, however
 // long the lines, holding at most the reader's buffer and a line's first
 // 200 bytes.
@@ -249,6 +266,47 @@ func TestSessionMemoryBound(t *testing.T) {
 					t.Fatalf("got %q, %v", l, err)
 				}
 				if l, err := d.next(5 * time.Second); err != nil || l != "s1 OK done" {
+					t.Fatalf("got %q, %v", l, err)
+				}
+			},
+		},
+		{
+			// The same for THREAD.
+			name: "backend 15 MB THREAD translated",
+			run: func(t *testing.T, s *buildSession, d lineDrain) {
+				s.selected(true, 10, uidLine(true, "UG.1", 10, 1, 1, false))
+				s.send(s.c, "t1 THREAD REFERENCES UTF-8 ALL\r\n")
+				s.expect(s.br, s.b, "t1 UID THREAD REFERENCES UTF-8 ALL")
+				go io.Copy(s.b, newPatternReader("* THREAD ", "(10)", 15<<20, "\r\nt1 OK done\r\n"))
+				l, err := d.next(30 * time.Second)
+				if err != nil || !strings.HasPrefix(l, "* THREAD (10)(10)") {
+					t.Fatalf("got %q, %v", l, err)
+				}
+				if l, err := d.next(5 * time.Second); err != nil || l != "t1 OK done" {
+					t.Fatalf("got %q, %v", l, err)
+				}
+			},
+		},
+		{
+			// ESEARCH ALL of a SEARCH by number in the most fragmented
+			// mailbox: 1,000,000 messages, odd UIDs, a 7.5 MB answer.
+			name: "backend 7.5 MB ESEARCH translated",
+			run: func(t *testing.T, s *buildSession, d lineDrain) {
+				const n = 1_000_000
+				// selectWith's steps, the lists written as they are made.
+				s.send(s.c, "s SELECT INBOX\r\n")
+				s.expect(s.br, s.b, "s SELECT INBOX")
+				s.send(s.b, fmt.Sprintf("* %d EXISTS\r\n* OK [UIDVALIDITY 7] UIDs valid\r\ns OK [READ-WRITE] done\r\n", n))
+				s.expect(s.br, s.b, "UG.1 UID SEARCH RETURN (ALL) ALL")
+				go writeOddList(s.b, `* ESEARCH (TAG "UG.1") UID ALL `, n, "\r\nUG.1 OK done\r\n")
+				s.expect(s.cr, s.c, fmt.Sprintf("* %d EXISTS", n))
+				s.expect(s.cr, s.c, "* OK [UIDVALIDITY 7] UIDs valid")
+				s.expect(s.cr, s.c, "s OK [READ-WRITE] done")
+				s.send(s.c, "s1 SEARCH RETURN (ALL) ALL\r\n")
+				s.expect(s.br, s.b, "s1 UID SEARCH RETURN (ALL) ALL")
+				go writeOddList(s.b, `* ESEARCH (TAG "s1") UID ALL `, n, "\r\ns1 OK done\r\n")
+				l, err := d.next(30 * time.Second)
+				if err != nil || l != `* ESEARCH (TAG "s1") ALL 1:1000000` {
 					t.Fatalf("got %q, %v", l, err)
 				}
 			},

@@ -1063,7 +1063,10 @@ func trimRightSP(b []byte) []byte {
 // translateThread maps every UID in "* THREAD (...)" (RFC 5256 §4),
 // keeping the nesting.
 func (ss *session) translateThread(sel *selection, r *imapwire.Response, line []byte, out *[]byte) []byte {
-	b := append((*out)[:0], line[:r.After]...)
+	// Room for the line: its numbers are only ever shortened (see
+	// translateNumberList).
+	b := slices.Grow((*out)[:0], len(line))
+	b = append(b, line[:r.After]...)
 	rest := line[r.After:]
 	for i := 0; i < len(rest); {
 		c := rest[i]
