@@ -111,16 +111,21 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 			continue
 		}
 		rw := !sel.readOnly
+		// One buffer for every set of the command: rewriteCommand formats
+		// each before it asks for the next (issue 16: a SEARCH of
+		// thousands of sets left a UID set behind for each).
+		var scratch imap.UIDSet
 		res, err := rewriteCommand(&c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
-			uids, err := sel.m.ClientSeqToUIDs(set)
+			uids, err := sel.m.AppendClientUIDs(scratch[:0], set)
 			if ss.ignoreOutOfRange && kind != cmdSearch && kind != cmdSort && kind != cmdThread && errors.As(err, new(*sessionmap.SeqError)) {
 				// Cyrus answers numbers beyond the mailbox as if they
 				// were not named (see outOfRange).
 				if set = clipSeqSet(set, sel.m.ClientCount()); len(set) == 0 {
 					return nil, errNoMatching
 				}
-				return sel.m.ClientSeqToUIDs(set)
+				uids, err = sel.m.AppendClientUIDs(scratch[:0], set)
 			}
+			scratch = uids
 			return uids, err
 		}, rw && ss.explicitSeen, ss.srv.expansionCap(len(c.buf)), &b)
 		if err != nil {
@@ -943,7 +948,9 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 		// answers with FLAGS itself, as one response.
 		return prefixOrDrop(prefix, out)
 	}
-	b := append((*out)[:0], prefix...)
+	// The translation is about the line's length: room for it at once.
+	b := slices.Grow((*out)[:0], len(prefix)+len(line)+16)
+	b = append(b, prefix...)
 	b = append(b, "* "...)
 	b = appendUint(b, msgno)
 	b = append(b, " FETCH ("...)
@@ -952,7 +959,13 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 		if items == 1 {
 			return prefixOrDrop(prefix, out)
 		}
-		body = append(append([]byte(nil), line[listStart:uidStart]...), line[uidEnd:]...)
+		if rename {
+			body = append(append([]byte(nil), line[listStart:uidStart]...), line[uidEnd:]...)
+		} else {
+			// Straight into b: no copy of a line that may be megabytes.
+			b = append(b, line[listStart:uidStart]...)
+			body = line[uidEnd:]
+		}
 	}
 	if rename {
 		// RFC822 and RFC822.TEXT were fetched as BODY.PEEK[] and
