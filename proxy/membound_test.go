@@ -441,3 +441,69 @@ func TestSessionMemoryBound(t *testing.T) {
 		})
 	}
 }
+
+// TestReleaseLinesChunked: a legacy resync that finds every other
+// message of 10,000 gone releases 5,000 EXPUNGEs, about 100 KB of lines,
+// so in several chunks: they reach the client complete and in order,
+// highest number first, before the tagged answer.
+func TestReleaseLinesChunked(t *testing.T) {
+	const n = 10_000
+	s := startBuildSession(t, "IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN", legacyBackend)
+	d := newLineDrain(s.c, bufio.NewReader(s.c))
+	s.cr = d.r
+	s.selected(false, n, uidLine(false, "", n, 1, 1, false))
+	odd := uidLine(false, "", n/2, 1, 2, false)
+	go func() {
+		bd := newLineDrain(s.b, s.br)
+		noops := 0
+		for {
+			line, err := bd.next(30 * time.Second)
+			if err != nil {
+				return
+			}
+			tag, rest, _ := strings.Cut(line, " ")
+			var out string
+			switch {
+			case rest == "UID SEARCH ALL":
+				out = string(odd)
+			case strings.HasPrefix(rest, "UID SEARCH"):
+				out = "* SEARCH\r\n" // around the reported place: all gone
+			case rest == "NOOP":
+				if noops++; noops == 1 {
+					out = "* 1 EXPUNGE\r\n"
+				}
+			}
+			if _, err := io.WriteString(s.b, out+tag+" OK done\r\n"); err != nil {
+				return
+			}
+		}
+	}()
+	var got []int
+	for i := 0; len(got) < n/2 && i < 4; i++ {
+		s.send(s.c, fmt.Sprintf("n%d NOOP\r\n", i))
+		for {
+			l, err := d.next(30 * time.Second)
+			if err != nil {
+				t.Fatalf("after %d EXPUNGEs: %v", len(got), err)
+			}
+			if l == fmt.Sprintf("n%d OK done", i) {
+				break
+			}
+			var k int
+			if _, err := fmt.Sscanf(l, "* %d EXPUNGE", &k); err != nil {
+				t.Fatalf("unexpected %q", l)
+			}
+			got = append(got, k)
+		}
+	}
+	if len(got) != n/2 {
+		t.Fatalf("%d EXPUNGEs, want %d", len(got), n/2)
+	}
+	for i, k := range got {
+		if want := n - 2*i; k != want {
+			t.Fatalf("EXPUNGE %d is %d, want %d", i, k, want)
+		}
+	}
+	s.send(s.c, "f1 FETCH 1:* (FLAGS)\r\n")
+	s.expect(s.cr, s.c, "f1 OK done") // the session goes on
+}

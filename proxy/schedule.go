@@ -262,15 +262,17 @@ const releaseChunk = 32 << 10
 func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte, prefix []byte) []byte {
 	ranges := sel.m.ReleaseExpungeRanges(nil)
 	rs.exists = sel.m.ClientCount()
-	b := append((*out)[:0], prefix...)
 	total := 0
 	for _, r := range ranges {
 		total += int(r.Hi-r.Lo) + 1
+	}
+	ss.srv.Metrics.released(total)
+	b := append((*out)[:0], prefix...)
+	for _, r := range ranges {
 		for n := r.Hi; ; n-- {
 			if len(b) >= releaseChunk {
 				if err := ss.writeReleased(b); err != nil {
 					// The client is gone; the session ends on the next write.
-					ss.srv.Metrics.released(total)
 					*out = b[:0]
 					return nil
 				}
@@ -284,7 +286,6 @@ func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte, pre
 			}
 		}
 	}
-	ss.srv.Metrics.released(total)
 	*out = b
 	return b
 }
@@ -293,7 +294,10 @@ func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte, pre
 // releaseLines runs on the backend's reader, the only writer of relayed
 // responses, at a response boundary: what may come between two chunks is
 // only a whole response of uidgate's own (syncWriter.send), as between
-// any two relayed responses.
+// any two relayed responses. It runs under rs.mu: a client slow to read
+// holds the session's state that long (writeTimeout at most), as it holds
+// the backend's reader; only releases past releaseChunk (about 1,500
+// EXPUNGEs) write here.
 func (ss *session) writeReleased(b []byte) error {
 	ss.cw.mu.Lock()
 	defer ss.cw.mu.Unlock()
