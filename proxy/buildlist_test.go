@@ -246,7 +246,7 @@ func buildState() (*relayState, *selection) {
 // returns the line after the answer.
 func buildStream(ss *session, in []byte) (*selection, []byte, error) {
 	rs, sel := buildState()
-	ur := imapwire.NewReader(bytes.NewReader(in), upstreamMaxLine)
+	ur := newUpstreamReader(bytes.NewReader(in))
 	for {
 		line, _, err := ss.readUpLine(rs, ur, false)
 		if err != nil || sel.loaded {
@@ -264,7 +264,7 @@ func buildStream(ss *session, in []byte) (*selection, []byte, error) {
 // slice or an imap.UIDSet, then Load or LoadSet.
 func buildAssembled(in []byte) (*selection, error) {
 	_, sel := buildState()
-	ur := imapwire.NewReader(bytes.NewReader(in), upstreamMaxLine)
+	ur := newUpstreamReader(bytes.NewReader(in))
 	line, err := ur.ReadLine()
 	if err != nil {
 		return nil, err
@@ -439,7 +439,7 @@ func BenchmarkBuildListSocket(b *testing.B) {
 						b.Fatal(err)
 					}
 					b.StartTimer()
-					ur := imapwire.NewReader(conn, upstreamMaxLine)
+					ur := newUpstreamReader(conn)
 					switch path {
 					case "discard":
 						_, _, err = ur.ReadLineDivert(func([]byte) func([]byte) { return func([]byte) {} })

@@ -156,7 +156,7 @@ func responseSession(tb testing.TB, data []byte, legacy bool, logs *bytes.Buffer
 		conn:    client,
 		rawConn: client,
 		cw:      newSyncWriter(client),
-		up:      &upstream.Conn{Conn: backend, R: imapwire.NewReader(bytes.NewReader(data), upstreamMaxLine)},
+		up:      &upstream.Conn{Conn: backend, R: newUpstreamReader(bytes.NewReader(data))},
 		uw:      newFlushWriter(backend),
 		done:    make(chan struct{}),
 		backend: "fuzzed",

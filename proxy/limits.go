@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/sha256"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -9,6 +10,8 @@ import (
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"golang.org/x/time/rate"
+
+	"uidgate/proxy/imapwire"
 )
 
 const (
@@ -43,7 +46,32 @@ const (
 	// messages with every other UID gone.
 	DefaultExpansionFactor = 16
 	DefaultExpansionFloor  = 16 << 20
+
+	// upstreamMaxLine bounds a backend line held whole: one that is
+	// translated ("* SEARCH" answering a client's SEARCH by number: 7 MB
+	// at 1,000,000 results) or parsed. Past it the session ends with BYE
+	// and a log line naming the backend (issue 16: a line held whole, and
+	// its translation, must fit the documented bound of a session).
+	upstreamMaxLine = 16 << 20
+	// upstreamMaxStreamed bounds a backend line streamed as it arrives,
+	// never held whole: a UID list read into the map or a resync, a
+	// result passed to the client unchanged (readUpLine).
+	upstreamMaxStreamed = 64 << 20
 )
+
+// setUpstreamBounds sets the line bounds of a backend reader for the
+// relay (before it, at login, a backend line has the default bound).
+func setUpstreamBounds(ur *imapwire.Reader) {
+	ur.SetMaxLine(upstreamMaxLine)
+	ur.SetMaxStreamed(upstreamMaxStreamed)
+}
+
+// newUpstreamReader is a backend reader bounded as in the relay.
+func newUpstreamReader(r io.Reader) *imapwire.Reader {
+	ur := imapwire.NewReader(r, upstreamMaxLine)
+	setUpstreamBounds(ur)
+	return ur
+}
 
 // LoginRate is a token bucket of login attempts: Burst at once, then one
 // more every Interval. A negative Burst is no limit.

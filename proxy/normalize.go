@@ -111,16 +111,21 @@ func (ss *session) rewriteAndSend(rs *relayState, cmd imapwire.Command, kind cmd
 			continue
 		}
 		rw := !sel.readOnly
+		// One buffer for every set of the command: rewriteCommand formats
+		// each before it asks for the next (issue 16: a SEARCH of
+		// thousands of sets left a UID set behind for each).
+		var scratch imap.UIDSet
 		res, err := rewriteCommand(&c, cmd, kind, func(set imap.SeqSet) (imap.UIDSet, error) {
-			uids, err := sel.m.ClientSeqToUIDs(set)
+			uids, err := sel.m.AppendClientUIDs(scratch[:0], set)
 			if ss.ignoreOutOfRange && kind != cmdSearch && kind != cmdSort && kind != cmdThread && errors.As(err, new(*sessionmap.SeqError)) {
 				// Cyrus answers numbers beyond the mailbox as if they
 				// were not named (see outOfRange).
 				if set = clipSeqSet(set, sel.m.ClientCount()); len(set) == 0 {
 					return nil, errNoMatching
 				}
-				return sel.m.ClientSeqToUIDs(set)
+				uids, err = sel.m.AppendClientUIDs(scratch[:0], set)
 			}
+			scratch = uids
 			return uids, err
 		}, rw && ss.explicitSeen, ss.srv.expansionCap(len(c.buf)), &b)
 		if err != nil {
@@ -424,10 +429,7 @@ func (ss *session) onResponse(rs *relayState, r *imapwire.Response, line []byte,
 			rs.idling = true
 			// IDLE is in progress: what was held may go now (RFC 9051 §6.3.13).
 			if sel := rs.sel; sel != nil && sel.state == selReady && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, rs.seqN) {
-				b := append((*out)[:0], line...)
-				b = append(b, ss.releaseLines(rs, sel, new([]byte))...)
-				*out = b
-				return b, false
+				return ss.releaseLines(rs, sel, out, line), false
 			}
 		}
 		return line, false
@@ -633,7 +635,7 @@ func (ss *session) onSelected(rs *relayState, sel *selection, r *imapwire.Respon
 		}
 		if rs.idling && ss.mayRelease(rs, rs.seqN) {
 			// RFC 9051 §6.3.13: during IDLE, updates go out at once.
-			return ss.releaseLines(rs, sel, out), false
+			return ss.releaseLines(rs, sel, out, nil), false
 		}
 		return nil, true
 	case r.HasNum && imapwire.EqualFold(r.Name, "RECENT"):
@@ -958,7 +960,9 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 		// answers with FLAGS itself, as one response.
 		return prefixOrDrop(prefix, out)
 	}
-	b := append((*out)[:0], prefix...)
+	// The translation is about the line's length: room for it at once.
+	b := slices.Grow((*out)[:0], len(prefix)+len(line)+16)
+	b = append(b, prefix...)
 	b = append(b, "* "...)
 	b = appendUint(b, msgno)
 	b = append(b, " FETCH ("...)
@@ -967,7 +971,13 @@ func (ss *session) translateFetch(rs *relayState, sel *selection, r *imapwire.Re
 		if items == 1 {
 			return prefixOrDrop(prefix, out)
 		}
-		body = append(append([]byte(nil), line[listStart:uidStart]...), line[uidEnd:]...)
+		if rename {
+			body = append(append([]byte(nil), line[listStart:uidStart]...), line[uidEnd:]...)
+		} else {
+			// Straight into b: no copy of a line that may be megabytes.
+			b = append(b, line[listStart:uidStart]...)
+			body = line[uidEnd:]
+		}
 	}
 	if rename {
 		// RFC822 and RFC822.TEXT were fetched as BODY.PEEK[] and
@@ -1037,24 +1047,27 @@ func prefixOrDrop(prefix []byte, out *[]byte) ([]byte, bool) {
 func (ss *session) translateNumberList(sel *selection, r *imapwire.Response, line []byte, out *[]byte) []byte {
 	rest := imapwire.TrimEOL(line[r.After:])
 	d := imapwire.NewDecoder(rest)
-	b := append((*out)[:0], line[:r.After]...)
+	// A client number is never longer than its UID (UIDs ascend from 1 in
+	// the client's order), so the line's length is room enough: one
+	// allocation, number by number, however long the list (issue 16:
+	// slices of the UIDs and numbers cost 8 bytes per result more).
+	b := slices.Grow((*out)[:0], len(line))
+	b = append(b, line[:r.After]...)
 	b = trimRightSP(b)
-	var uids []uint32
 	var tail []byte
 	for !d.EOL() {
 		if d.SP() {
 			continue
 		}
 		if n, ok := d.Number(); ok {
-			uids = append(uids, n)
+			if m, ok := sel.m.ClientMsgno(n); ok {
+				b = append(b, ' ')
+				b = appendUint(b, m)
+			}
 			continue
 		}
 		tail = d.Rest()
 		break
-	}
-	for _, m := range sel.m.AppendClientMsgnos(nil, uids) {
-		b = append(b, ' ')
-		b = appendUint(b, m)
 	}
 	if len(tail) > 0 {
 		b = append(b, ' ')
@@ -1075,7 +1088,10 @@ func trimRightSP(b []byte) []byte {
 // translateThread maps every UID in "* THREAD (...)" (RFC 5256 §4),
 // keeping the nesting.
 func (ss *session) translateThread(sel *selection, r *imapwire.Response, line []byte, out *[]byte) []byte {
-	b := append((*out)[:0], line[:r.After]...)
+	// Room for the line: its numbers are only ever shortened (see
+	// translateNumberList).
+	b := slices.Grow((*out)[:0], len(line))
+	b = append(b, line[:r.After]...)
 	rest := line[r.After:]
 	for i := 0; i < len(rest); {
 		c := rest[i]

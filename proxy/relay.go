@@ -67,9 +67,6 @@ const (
 	injectTagPrefix = tagSpace + "."
 	// clientTagEscape starts the tags given to renamed client commands.
 	clientTagEscape = tagSpace + "C."
-	// upstreamMaxLine bounds a backend line: "* SEARCH" of a large
-	// mailbox without ESEARCH is one long line (7 MB at 1,000,000 UIDs).
-	upstreamMaxLine = 64 << 20
 )
 
 type pendingCmd struct {
@@ -203,7 +200,7 @@ func (ss *session) relay(ctx context.Context) {
 	rs.cond = sync.NewCond(&rs.mu)
 	ss.rs = rs
 	ss.uw = newFlushWriter(ss.up.Conn)
-	ss.up.R.SetMaxLine(upstreamMaxLine)
+	setUpstreamBounds(ss.up.R)
 	// One goroutine per direction: the client's commands on a new one, the
 	// backend's responses on this one (a third goroutine, only waiting,
 	// would cost every idle session its stack). The first to finish closes

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"uidgate/proxy/imapwire"
 	"uidgate/upstream"
 )
 
@@ -135,7 +134,7 @@ func TestResyncListMemory(t *testing.T) {
 
 	ss, rs, sel := setup()
 	streamed, _ := measure(func() {
-		ur := imapwire.NewReader(bytes.NewReader(in), upstreamMaxLine)
+		ur := newUpstreamReader(bytes.NewReader(in))
 		line, _, err := ss.readUpLine(rs, ur, false)
 		if err != nil || string(line) != "UG.2 OK done\r\n" {
 			t.Fatalf("after the list: %q, %v", line, err)

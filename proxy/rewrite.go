@@ -134,10 +134,11 @@ func rewriteInto(c *wireCmd, cmd imapwire.Command, kind cmdKind, toUIDs uidSetOf
 				// (Cyrus 2.4+) succeeds doing nothing.
 				return rewriteResult{answer: "OK " + name + " completed"}, nil
 			}
-			if len(b.out)+uidSetLen(uids) > limit {
+			n := uidSetLen(uids)
+			if len(b.out)+n > limit {
 				return res, errCommandTooLong
 			}
-			b.out = appendUIDSet(b.out, uids)
+			b.out = appendUIDSet(growTo(b.out, n, limit), uids)
 		}
 		res.uidSet = string(b.out[setStart:])
 		args := c.buf[end:]
@@ -481,6 +482,7 @@ func (w *searchWalker) key(depth int) error {
 			if len(w.b.out)+len("UID ")+uidSetLen(uids) > w.limit {
 				return errCommandTooLong
 			}
+			w.b.out = growTo(w.b.out, len("UID ")+uidSetLen(uids), w.limit)
 			w.b.out = append(w.b.out, "UID "...)
 			w.b.out = appendUIDSet(w.b.out, uids)
 		}

@@ -249,20 +249,64 @@ func (ss *session) mayRelease(rs *relayState, after uint64) bool {
 	return true
 }
 
+// releaseChunk bounds the "* n EXPUNGE" lines releaseLines builds at
+// once: past it they go to the client in chunks.
+const releaseChunk = 32 << 10
+
 // releaseLines applies pending expunges to the client view and returns
-// the "* n EXPUNGE" lines, highest number first so none shifts.
-func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte) []byte {
-	nums := sel.m.ReleaseExpunges(nil)
-	ss.srv.Metrics.released(len(nums))
-	b := (*out)[:0]
-	for _, n := range nums {
-		b = append(b, "* "...)
-		b = appendUint(b, n)
-		b = append(b, " EXPUNGE\r\n"...)
-	}
+// prefix followed by the "* n EXPUNGE" lines, highest number first so
+// none shifts, in *out. However many are released, it builds at most
+// releaseChunk bytes of lines: before that, prefix and the lines go to
+// the client as they are built, so what it returns is the last chunk
+// (issue 16: a backend claiming a million messages with one EXISTS and
+// emptying the mailbox with one short resync list made uidgate build
+// 22 MB of lines, 100 MB allocated). The caller must write what it
+// returns before anything else: the lines already written came first.
+// Must hold rs.mu; takes the client writer.
+func (ss *session) releaseLines(rs *relayState, sel *selection, out *[]byte, prefix []byte) []byte {
+	ranges := sel.m.ReleaseExpungeRanges(nil)
 	rs.exists = sel.m.ClientCount()
+	total := 0
+	for _, r := range ranges {
+		total += int(r.Hi-r.Lo) + 1
+	}
+	ss.srv.Metrics.released(total)
+	b := append((*out)[:0], prefix...)
+	for _, r := range ranges {
+		for n := r.Hi; ; n-- {
+			if len(b) >= releaseChunk {
+				if err := ss.writeReleased(b); err != nil {
+					// The client is gone; the session ends on the next write.
+					*out = b[:0]
+					return nil
+				}
+				b = b[:0]
+			}
+			b = append(b, "* "...)
+			b = appendUint(b, n)
+			b = append(b, " EXPUNGE\r\n"...)
+			if n <= r.Lo {
+				break
+			}
+		}
+	}
 	*out = b
 	return b
+}
+
+// writeReleased writes a chunk of releaseLines to the client.
+// releaseLines runs on the backend's reader, the only writer of relayed
+// responses, at a response boundary: what may come between two chunks is
+// only a whole response of uidgate's own (syncWriter.send), as between
+// any two relayed responses. It runs under rs.mu: a client slow to read
+// holds the session's state that long (writeTimeout at most), as it holds
+// the backend's reader; only releases past releaseChunk (about 1,500
+// EXPUNGEs) write here.
+func (ss *session) writeReleased(b []byte) error {
+	ss.cw.mu.Lock()
+	defer ss.cw.mu.Unlock()
+	ss.bytesOut.Add(int64(len(b)))
+	return ss.cw.write(b, false)
 }
 
 // heldLines returns the responses held during a SELECT.
@@ -360,7 +404,7 @@ func (ss *session) injectedDone(rs *relayState, sel *selection, pc pendingCmd, o
 			sel.heldTag = nil
 			var pre []byte
 			if sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, sel.heldSeq) {
-				pre = ss.releaseLines(rs, sel, new([]byte))
+				pre = ss.releaseLines(rs, sel, new([]byte), nil)
 			}
 			pre = ss.announce(rs, sel, new([]byte), pre)
 			pre = ss.lateLines(sel, pre)
@@ -371,7 +415,7 @@ func (ss *session) injectedDone(rs *relayState, sel *selection, pc pendingCmd, o
 	if pc.inject == injectResync && rs.idleCycle == idleReentering && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, rs.seqN) {
 		// The client idles: what the resync learned goes out now (RFC
 		// 9051 §6.3.13, §7.5.1).
-		pre = ss.releaseLines(rs, sel, new([]byte))
+		pre = ss.releaseLines(rs, sel, new([]byte), nil)
 	}
 	b := ss.announce(rs, sel, out, pre)
 	if pc.inject == injectResync {
@@ -401,7 +445,7 @@ func (ss *session) beforeTagged(rs *relayState, sel *selection, pc pendingCmd, f
 	}
 	var pre []byte
 	if !pc.forbidsExpunge && sel.m.PendingExpunges() > 0 && ss.mayRelease(rs, pc.seq) {
-		pre = append(pre, ss.releaseLines(rs, sel, new([]byte))...)
+		pre = append(pre, ss.releaseLines(rs, sel, new([]byte), nil)...)
 	}
 	pre = ss.announce(rs, sel, new([]byte), pre)
 	if len(pre) == 0 {

@@ -672,11 +672,13 @@ func (b *body) appendMsgnos(dst imap.SeqSet, lo, hi uint32) imap.SeqSet {
 }
 
 // release removes the pending expunges. With wantN it appends their
-// 1-based positions, ascending, to msgnos; with wantU their UIDs to uids.
-func (b *body) release(msgnos []uint32, uids imap.UIDSet, wantN, wantU bool) ([]uint32, imap.UIDSet) {
+// 1-based positions to msgnos as ranges, ascending; with wantU their UIDs
+// to uids.
+func (b *body) release(msgnos []NumRange, uids imap.UIDSet, wantN, wantU bool) ([]NumRange, imap.UIDSet) {
 	if b.pend == 0 {
 		return msgnos, uids
 	}
+	from := len(msgnos)
 	var base uint32
 	w := 0
 	for r := range b.chunks {
@@ -695,9 +697,7 @@ func (b *body) release(msgnos []uint32, uids imap.UIDSet, wantN, wantU bool) ([]
 				kept = append(kept, x)
 			} else {
 				if wantN {
-					for i := range x.n {
-						msgnos = append(msgnos, off+i+1)
-					}
+					msgnos = appendNumRange(msgnos, from, off+1, off+x.n)
 				}
 				if wantU {
 					uids = appendUIDRange(uids, x.start, x.start+x.n-1)

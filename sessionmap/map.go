@@ -56,7 +56,7 @@ const (
 
 // DefaultMaxMessages is the default for Map.MaxMessages: 16,777,216
 // messages, far above real mailboxes. ReleaseExpunges of all of them
-// returns 64 MiB of numbers.
+// returns 64 MiB of numbers (ReleaseExpungeRanges one range).
 const DefaultMaxMessages = 1 << 24
 
 func (m *Map) limit() uint64 {
@@ -687,8 +687,30 @@ func (m *Map) AppendClientSeq(dst imap.SeqSet, uids imap.UIDSet) imap.SeqSet {
 // (RFC 3501 §7.4.1, RFC 9051 §7.5.1), so the numbers come highest first:
 // then none shifts, and each is the one the client has for the message.
 // Afterwards the client view equals the upstream view minus the
-// unannounced arrivals.
+// unannounced arrivals. It costs 4 bytes per expunge; see
+// ReleaseExpungeRanges for a cost per range.
 func (m *Map) ReleaseExpunges(dst []uint32) []uint32 {
+	for _, r := range m.ReleaseExpungeRanges(nil) {
+		for n := r.Hi; ; n-- {
+			dst = append(dst, n)
+			if n <= r.Lo {
+				break
+			}
+		}
+	}
+	return dst
+}
+
+// NumRange is the client's message numbers Lo to Hi.
+type NumRange struct{ Lo, Hi uint32 }
+
+// ReleaseExpungeRanges is ReleaseExpunges with the numbers as ranges:
+// it appends them to dst highest first, and each range stands for
+// "* n EXPUNGE" for n from its Hi down to its Lo. So a release costs 8
+// bytes per range of consecutive numbers, not 4 per message (issue 16:
+// a backend that claims a large mailbox and then empties it must not make
+// uidgate hold one number per message).
+func (m *Map) ReleaseExpungeRanges(dst []NumRange) []NumRange {
 	if m.PendingExpunges() == 0 {
 		return dst
 	}
@@ -701,9 +723,7 @@ func (m *Map) ReleaseExpunges(dst []uint32) []uint32 {
 				break
 			}
 			if r.st&inUp == 0 {
-				for i := range r.n {
-					dst = append(dst, pos+i+1)
-				}
+				dst = appendNumRange(dst, n0, pos+1, pos+r.n)
 			}
 			pos += r.n
 		}
@@ -712,8 +732,23 @@ func (m *Map) ReleaseExpunges(dst []uint32) []uint32 {
 	n1 := len(dst)
 	dst, _ = m.b.release(dst, nil, true, false)
 	slices.Reverse(dst[n1:])
+	if n1 > n0 && n1 < len(dst) && dst[n1].Hi+1 == dst[n1-1].Lo {
+		// The body's last range runs into the tail's first.
+		dst[n1-1].Lo = dst[n1].Lo
+		dst = slices.Delete(dst, n1, n1+1)
+	}
 	m.dropTailPending()
 	return dst
+}
+
+// appendNumRange appends lo..hi to the ascending ranges dst[from:],
+// joined to the last one if it ends just before lo.
+func appendNumRange(dst []NumRange, from int, lo, hi uint32) []NumRange {
+	if k := len(dst) - 1; k >= from && dst[k].Hi+1 == lo {
+		dst[k].Hi = hi
+		return dst
+	}
+	return append(dst, NumRange{Lo: lo, Hi: hi})
 }
 
 // ReleaseVanished is ReleaseExpunges for a client that enabled QRESYNC

@@ -747,3 +747,32 @@ func TestMemory(t *testing.T) {
 		})
 	}
 }
+
+// TestReleaseExpungeRanges: released as ranges, highest first, joined
+// where the numbers are consecutive; a mailbox claimed by one EXISTS and
+// emptied by a resync is one range, whatever its size (issue 16).
+func TestReleaseExpungeRanges(t *testing.T) {
+	m := mustLoad(t, span(1, 9)...)
+	m.ExpungeUpstream(9)
+	m.ExpungeUpstream(7)
+	m.ExpungeUpstream(7) // the client's 8
+	m.ExpungeUpstream(2)
+	if got := m.ReleaseExpungeRanges(nil); !slices.Equal(got, []NumRange{{7, 9}, {2, 2}}) {
+		t.Fatalf("released %v", got)
+	}
+	check(t, m)
+
+	m = mustLoad(t, 1, 2, 3)
+	if _, err := m.Exists(1_000_003); err != nil {
+		t.Fatal(err)
+	}
+	m.AnnounceArrivals()
+	if _, err := m.ResyncSet(nil); err != nil {
+		t.Logf("resync: %v", err)
+	}
+	got := m.ReleaseExpungeRanges(nil)
+	if !slices.Equal(got, []NumRange{{1, 1_000_003}}) || m.ClientCount() != 0 {
+		t.Fatalf("released %v, %d left", got, m.ClientCount())
+	}
+	check(t, m)
+}

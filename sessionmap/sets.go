@@ -46,6 +46,7 @@ func mergeRanges(rs []urange) []urange {
 // uidRanges converts set to sorted, merged ranges appended to dst. A "*"
 // (0 in go-imap's encoding) stands for star; with star == 0 it is an error.
 func uidRanges(dst []urange, set imap.UIDSet, star uint32) ([]urange, error) {
+	dst = slices.Grow(dst, len(set)) // one allocation, not append's copies
 	for _, r := range set {
 		lo, hi := uint32(r.Start), uint32(r.Stop)
 		if lo == 0 || hi == 0 {

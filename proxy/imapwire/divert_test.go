@@ -152,3 +152,42 @@ func TestReadLineDivertLarge(t *testing.T) {
 		t.Fatalf("next: %q %v", line, err)
 	}
 }
+
+// TestReadLineStreamedBound: a diverted line may grow to the streamed
+// bound, every line held whole only to the line bound (issue 16: a
+// backend line that is not streamed must not grow to the streamed bound).
+func TestReadLineStreamedBound(t *testing.T) {
+	long := searchLine(100, "\r\n") // about 400 bytes
+	newR := func(s string) *Reader {
+		r := newReaderSize(strings.NewReader(s), 100, 16)
+		r.SetMaxStreamed(1000)
+		return r
+	}
+
+	rec := &divertRecorder{}
+	if _, diverted, err := newR(long).ReadLineDivert(rec.divert); err != nil || !diverted || string(rec.got) != long {
+		t.Fatalf("diverted, within the streamed bound: %v, diverted %v, sink got %d bytes", err, diverted, len(rec.got))
+	}
+	rec = &divertRecorder{skip: true}
+	if _, diverted, err := newR(long).ReadLineDivert(rec.divert); !errors.Is(err, ErrLineTooLong) || diverted {
+		t.Fatalf("declined, assembled past the line bound: %v, diverted %v", err, diverted)
+	}
+	if _, err := newR(long).ReadLine(); !errors.Is(err, ErrLineTooLong) {
+		t.Fatalf("ReadLine past the line bound: %v", err)
+	}
+	if _, _, err := newR(long).ReadLineDivert(nil); !errors.Is(err, ErrLineTooLong) {
+		t.Fatalf("no divert, past the line bound: %v", err)
+	}
+	rec = &divertRecorder{}
+	huge := searchLine(1000, "\r\n")
+	if _, diverted, err := newR(huge).ReadLineDivert(rec.divert); !errors.Is(err, ErrLineTooLong) || !diverted || len(rec.got) > 1000 {
+		t.Fatalf("diverted, past the streamed bound: %v, diverted %v, sink got %d bytes", err, diverted, len(rec.got))
+	}
+	// A streamed bound below the line bound is the line bound.
+	r := newReaderSize(strings.NewReader(long), 1000, 16)
+	r.SetMaxStreamed(10)
+	rec = &divertRecorder{}
+	if _, diverted, err := r.ReadLineDivert(rec.divert); err != nil || !diverted {
+		t.Fatalf("streamed bound below the line bound: %v", err)
+	}
+}

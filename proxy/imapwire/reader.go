@@ -52,9 +52,12 @@ type Literal struct {
 type Reader struct {
 	br      *bufio.Reader
 	src     io.Reader
-	maxLine int
-	line    []byte
-	pending int64 // literal bytes announced and not yet consumed
+	maxLine int // a line returned whole
+	// maxStreamed bounds a line that ReadLineDivert streams to a sink
+	// (never held whole); below maxLine, maxLine holds.
+	maxStreamed int
+	line        []byte
+	pending     int64 // literal bytes announced and not yet consumed
 }
 
 // NewReader returns a Reader over r with lines bounded by maxLine
@@ -80,13 +83,24 @@ func (r *Reader) Reset(src io.Reader) {
 	r.pending = 0
 }
 
-// SetMaxLine changes the line bound (DefaultMaxLine if ≤ 0).
+// SetMaxLine changes the line bound (DefaultMaxLine if ≤ 0). It bounds
+// every line a call returns whole, that is every line assembled in
+// memory; see SetMaxStreamed for lines that are not.
 func (r *Reader) SetMaxLine(n int) {
 	if n <= 0 {
 		n = DefaultMaxLine
 	}
 	r.maxLine = n
 }
+
+// SetMaxStreamed lets a line that ReadLineDivert passes to a sink,
+// fragment by fragment, grow to n bytes: such a line is never held whole,
+// so its bound may be far above the bound of lines that are (SetMaxLine).
+// A bound at or below the line bound is the line bound.
+func (r *Reader) SetMaxStreamed(n int) { r.maxStreamed = n }
+
+// streamBound is the bound of a diverted line.
+func (r *Reader) streamBound() int { return max(r.maxLine, r.maxStreamed) }
 
 // Buffered reports how many bytes are read ahead.
 func (r *Reader) Buffered() int { return r.br.Buffered() }
@@ -117,6 +131,7 @@ func (r *Reader) assemble(frag []byte, err error) ([]byte, error) {
 			return r.line, ErrLineTooLong
 		}
 		frag, err = r.br.ReadSlice('\n')
+		r.line = r.grow(r.line, len(frag))
 		r.line = append(r.line, frag...)
 	}
 	if err != nil {
@@ -135,6 +150,19 @@ func (r *Reader) assemble(frag []byte, err error) ([]byte, error) {
 	return line, nil
 }
 
+// grow makes room in line for n more bytes, doubling its capacity (append
+// grows a large slice by a quarter, and the copies left behind add up to
+// four times the line before they are collected), but never past the line
+// bound and one buffer: a line longer than that is refused.
+func (r *Reader) grow(line []byte, n int) []byte {
+	if len(line)+n <= cap(line) {
+		return line
+	}
+	c := min(max(2*cap(line), len(line)+n), r.maxLine+r.br.Size())
+	c = max(c, len(line)+n)
+	return append(make([]byte, 0, c), line...)
+}
+
 // ReadLineDivert is ReadLine for a line that may be too long to be worth
 // holding, such as the UID list of a large mailbox ("* SEARCH" of
 // 1,000,000 UIDs is 7 MB). A line that fits the buffer is returned as
@@ -144,8 +172,10 @@ func (r *Reader) assemble(frag []byte, err error) ([]byte, error) {
 // ReadLine. If it returns a sink, the head and then every further fragment
 // of the line, the last one ending with LF, are passed to the sink in
 // order, each valid only during the call; nothing is assembled, and the
-// call returns a nil line with diverted set. The line bound still holds:
-// past it the sink gets nothing more and the error is ErrLineTooLong. A
+// call returns a nil line with diverted set. A diverted line is bounded by
+// SetMaxStreamed's bound (the line bound if not set), every other line by
+// the line bound: past it the sink gets nothing more and the error is
+// ErrLineTooLong. A
 // line cut short by the end of the stream is io.ErrUnexpectedEOF; a
 // diverted line that fails has reached its sink only in part.
 func (r *Reader) ReadLineDivert(divert func(head []byte) (sink func(frag []byte))) (line []byte, diverted bool, err error) {
@@ -168,11 +198,11 @@ func (r *Reader) ReadLineDivert(divert func(head []byte) (sink func(frag []byte)
 		line, err = r.assemble(frag, err)
 		return line, false, err
 	}
-	n := len(frag)
+	n, bound := len(frag), r.streamBound()
 	sink(frag)
 	for err == bufio.ErrBufferFull {
 		frag, err = r.br.ReadSlice('\n')
-		if n += len(frag); n > r.maxLine {
+		if n += len(frag); n > bound {
 			return nil, true, ErrLineTooLong
 		}
 		if err == nil || err == bufio.ErrBufferFull {
