@@ -310,3 +310,7 @@ func (s *Server) loginSucceeded(ip string) {
 		rec.mu.Unlock()
 	}
 }
+
+// maxKeptOut bounds the translation buffer an upstream goroutine keeps
+// between responses; a bigger one, made for one big answer, is let go.
+const maxKeptOut = 64 << 10

@@ -912,7 +912,7 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	quickAck := quickAcker(ss.up.Conn)
 	midResponse := false // the previous line announced a literal
 	dropping := false    // the response being read is not for the client
-	var out []byte
+	var out []byte       // translations are built here, reused line after line
 	for {
 		if ur.Buffered() == 0 {
 			quickAck() // about to wait for the backend: acknowledge what came
@@ -954,6 +954,11 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			resp, ok := imapwire.ParseResponse(line)
 			if ok {
 				var skip bool
+				if cap(out) > maxKeptOut {
+					// One big translation is not kept for the session's
+					// life (issue 16: memory per session).
+					out = nil
+				}
 				fwd, skip = ss.onResponse(rs, &resp, line, &out)
 				if err := ss.sendQueued(rs); err != nil {
 					return err

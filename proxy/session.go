@@ -612,7 +612,8 @@ func (ss *session) authenticate(tag, mech string, hasIR bool, ir string) (user, 
 		}
 		line, err := ss.cr.ReadLine()
 		if err != nil {
-			ss.endOnReadError(err, nil)
+			// The answer carries the AUTHENTICATE's tag, not "*".
+			ss.endOnReadError(err, []byte(tag+" "))
 			return "", false, false
 		}
 		ss.bytesIn.Add(int64(len(line)))
