@@ -314,3 +314,9 @@ func (s *Server) loginSucceeded(ip string) {
 // maxKeptOut bounds the translation buffer an upstream goroutine keeps
 // between responses; a bigger one, made for one big answer, is let go.
 const maxKeptOut = 64 << 10
+
+// maxBackendLiteral is the largest literal a backend may announce: ten
+// digits (issue 16). max_literal bounds what clients send, not what a
+// mailbox holds, so a stored message of any size below this is fetched,
+// streamed in constant memory.
+const maxBackendLiteral = 9_999_999_999

@@ -934,6 +934,12 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 			// A long line already went to the client as it arrived; line
 			// is its end, which may announce a literal.
 			lit, has := imapwire.TrailingLiteral(line)
+			if has && lit.Size > maxBackendLiteral {
+				// Half a response is out: no BYE can follow it.
+				ss.backendProtocolError(rs, line[:min(len(line), 64)])
+				ss.lingerClose()
+				return nil
+			}
 			if err := ss.toClient(ur, nil, lit, has, !has && ur.Buffered() == 0); err != nil {
 				return err
 			}
@@ -976,6 +982,13 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 		}
 		lit, has := imapwire.TrailingLiteral(line)
 		has = has && literalOK
+		if has && lit.Size > maxBackendLiteral {
+			// Issue 16: a literal count of more than 10 digits (10 GB) is
+			// no message; relayed, client and uidgate would wait for it.
+			ss.backendProtocolError(rs, line)
+			ss.bye(*rs.fatal.Load())
+			return nil
+		}
 		if dropping {
 			if has {
 				ur.Expect(lit.Size)
