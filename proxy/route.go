@@ -23,12 +23,14 @@ type LoginRouter interface {
 // [UNAVAILABLE] when a directory could not answer (never another
 // backend), and an auth service's refusal as nginx answers it: NO with
 // its text after its Auth-Wait, the connection closed when it set none.
-func (ss *session) route(ctx context.Context, tag, user, pass string) (*upstream.Backend, bool) {
+func (ss *session) route(tag, user, pass string) (*upstream.Backend, bool) {
 	attempt := ss.view.loginAttempts.Add(1)
 	var b *upstream.Backend
 	var err error
 	if ss.srv.Lookup != nil {
-		b, err = ss.srv.Lookup.Route(ctx, lookup.Request{
+		// ss.ctx ends with the session (a kick, a shutdown), the lookup
+		// with it.
+		b, err = ss.srv.Lookup.Route(ss.ctx, lookup.Request{
 			User: user, Pass: pass, Method: "plain", Attempt: int(attempt),
 			ClientIP: ss.ip, Secure: ss.tlsOn,
 		})

@@ -690,7 +690,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 		return false
 	}
 	defer release()
-	b, ok := ss.route(ctx, tag, user, pass) // answers the client if not ok (route.go)
+	b, ok := ss.route(tag, user, pass) // answers the client if not ok (route.go)
 	if !ok {
 		return false
 	}
