@@ -48,6 +48,8 @@ type Config struct {
 	Log Log `toml:"log"`
 	// Metrics configures the HTTP listener for /metrics, /healthz, /readyz.
 	Metrics Metrics `toml:"metrics"`
+	// Admin guards the admin view (/admin/...) on the metrics listener.
+	Admin Admin `toml:"admin"`
 
 	// file is the name given to Parse; lines maps each key as written,
 	// with array indexes ("listener.0.address"), to its 1-based line.
@@ -140,6 +142,12 @@ type Backend struct {
 	// (other users' mailboxes under "user."); see rules.CanonicalMailbox.
 	// Default false.
 	CyrusNamespace bool `toml:"cyrus_namespace"`
+	// Template makes this backend a template for directory routes (kind
+	// http or ldap): it has no address of its own, and an answer naming
+	// an address no other backend has is served with its settings (TLS,
+	// legacy, namespace...) at that address. Static routes cannot name
+	// it. Default false.
+	Template bool `toml:"template,omitempty"`
 	// OutOfRange is how a FETCH, STORE, COPY or MOVE naming message
 	// numbers beyond the client's view is answered: "bad" (RFC 9051 §9,
 	// as Dovecot does), "ignore" (as Cyrus 2.3 and 3.x do: the numbers
@@ -150,7 +158,9 @@ type Backend struct {
 }
 
 // Route is one routing rule; see rules.Route for the matching semantics.
-// Exactly one of User, Regex, Domain and Default is set.
+// Exactly one of User, Regex, Domain and Default is set. A static route
+// (the default kind) names its Backend; an http or ldap route asks a
+// directory for each matched user's backend at login (package lookup).
 type Route struct {
 	// User is a glob over the login name ('*', '?').
 	User string `toml:"user,omitempty"`
@@ -160,8 +170,16 @@ type Route struct {
 	Domain string `toml:"domain,omitempty"`
 	// Default matches every login name.
 	Default bool `toml:"default,omitempty"`
-	// Backend is the name of a [[backend]]; required.
-	Backend string `toml:"backend"`
+	// Backend is the name of a [[backend]]; required for a static route,
+	// not set for the others.
+	Backend string `toml:"backend,omitempty"`
+	// Kind is "static" (default), "http" (an nginx auth_http service,
+	// configured in the route's [route.http] table) or "ldap" ([route.ldap]).
+	Kind string `toml:"kind,omitempty"`
+	// HTTP configures a kind = "http" route.
+	HTTP *HTTPLookup `toml:"http,omitempty"`
+	// LDAP configures a kind = "ldap" route.
+	LDAP *LDAPLookup `toml:"ldap,omitempty"`
 }
 
 // Limits bound resources per connection.
@@ -503,6 +521,10 @@ func (c *Config) Router() (*rules.Router, error) {
 	rs := make([]rules.Route, len(c.Routes))
 	for i, r := range c.Routes {
 		rs[i] = rules.Route{User: r.User, Regex: r.Regex, Domain: r.Domain, Default: r.Default, Backend: r.Backend}
+		if k := r.KindOrDefault(); k != RouteStatic {
+			// The lookup is named after the route; the backend is its answer.
+			rs[i].Backend, rs[i].Lookup = "", fmt.Sprintf("route.%d (%s)", i, k)
+		}
 	}
 	return rules.NewRouter(rs)
 }
@@ -527,6 +549,9 @@ func (c *Config) Effective() *Config {
 	e.Listeners = slices.Clone(c.Listeners)
 	e.Backends = slices.Clone(c.Backends)
 	e.Routes = slices.Clone(c.Routes)
+	for i := range e.Routes {
+		e.Routes[i] = c.effectiveRoute(i)
+	}
 
 	for i := range e.Listeners {
 		l := &e.Listeners[i]
@@ -539,8 +564,11 @@ func (c *Config) Effective() *Config {
 	for i := range e.Backends {
 		b := &e.Backends[i]
 		b.TLS = b.TLSModeOrDefault()
-		if b.TLS != TLSNone {
+		if b.TLS != TLSNone && !b.Template {
+			// A template's server name defaults to each answered host.
 			b.ServerName = b.ServerNameOrDefault()
+			b.MinVersion = b.MinVersionOrDefault()
+		} else if b.TLS != TLSNone {
 			b.MinVersion = b.MinVersionOrDefault()
 		}
 		b.DialTimeout.Duration = b.DialTimeoutOrDefault()
@@ -570,6 +598,7 @@ func (c *Config) Effective() *Config {
 	l.LoginBurstPerUser = l.LoginBurstPerUserOrDefault()
 	l.LoginIntervalPerUser.Duration = l.LoginIntervalPerUserOrDefault()
 	e.Locks = c.Locks.effective()
+	e.Admin = c.Admin
 	e.Log.Level = e.Log.LevelOrDefault()
 	e.Log.Format = e.Log.FormatOrDefault()
 	return &e

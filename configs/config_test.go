@@ -121,6 +121,11 @@ func TestExample(t *testing.T) {
 			c.Backends[i].CAFile = f.ca
 		}
 	}
+	for _, r := range c.Routes {
+		if r.LDAP != nil {
+			r.LDAP.CAFile, r.LDAP.BindPasswordFile = f.ca, f.ca
+		}
+	}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
 	}
@@ -139,6 +144,11 @@ func TestExample(t *testing.T) {
 	} {
 		if got, ok := r.Backend(user); !ok || got != want {
 			t.Errorf("Backend(%q) = %q, %v; want %q", user, got, ok, want)
+		}
+	}
+	for user, want := range map[string]int{"dave@hosted.example.net": 3, "erin@Staff.example.org": 4} {
+		if got, ok := r.Match(user); !ok || got.Lookup == "" || got.Index != want {
+			t.Errorf("Match(%q) = %+v, %v; want the lookup of route %d", user, got, ok, want)
 		}
 	}
 

@@ -609,6 +609,9 @@ entries:
 				add(e, i, "unknown key %q%s", key, suggest(p.name, fields))
 				continue entries
 			}
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem() // an optional table ([route.http])
+			}
 			last := i == len(e.path)-1
 			if p.index >= 0 {
 				if ft.Kind() != reflect.Slice {

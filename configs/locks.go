@@ -93,6 +93,7 @@ func (c *Config) redacted() *Config {
 	if c.Locks.Password != "" {
 		c.Locks.Password = "(redacted)"
 	}
+	c.redactSecrets()
 	return c
 }
 

@@ -29,10 +29,11 @@ func (c *Config) Validate() error {
 	v.listeners()
 	v.tlsDefaults()
 	v.metrics()
-	names := v.backends()
-	v.routes(names)
+	names, templates := v.backends()
+	v.routes(names, templates)
 	v.limits()
 	v.locks()
+	v.admin()
 	v.log()
 	return joinProblems(v.problems)
 }
@@ -200,13 +201,15 @@ func (v *validator) tlsDefaults() {
 	}
 }
 
-// backends checks the backends and returns the set of their names.
-func (v *validator) backends() map[string]bool {
+// backends checks the backends and returns the set of their names, and
+// that of the templates'.
+func (v *validator) backends() (names, templates map[string]bool) {
 	c := v.c
 	if len(c.Backends) == 0 {
 		v.add("backend", "at least one [[backend]] is required")
 	}
-	names := make(map[string]bool)
+	names = make(map[string]bool)
+	templates = make(map[string]bool)
 	first := make(map[string]int)
 	for i, b := range c.Backends {
 		k := fmt.Sprintf("backend.%d", i)
@@ -215,12 +218,21 @@ func (v *validator) backends() map[string]bool {
 			v.add(k+".name", "required")
 		case dup:
 			v.add(k+".name", "%q is also backend.%d's name", b.Name, j)
+		case b.Template:
+			first[b.Name] = i
+			templates[b.Name] = true
 		default:
 			first[b.Name] = i
 			names[b.Name] = true
 		}
-		if err := checkHostPort(b.Address, true); err != nil {
-			v.add(k+".address", "%v", err)
+		switch {
+		case b.Template && b.Address != "":
+			v.add(k+".address", "set, but a template's address comes from each directory answer: remove it")
+		case b.Template:
+		default:
+			if err := checkHostPort(b.Address, true); err != nil {
+				v.add(k+".address", "%v", err)
+			}
 		}
 		if b.DialTimeout.Duration < 0 || b.DialTimeout.Duration == 0 && c.has(k+".dial_timeout") {
 			v.add(k+".dial_timeout", "%s: must be positive", b.DialTimeout)
@@ -266,10 +278,10 @@ func (v *validator) backends() map[string]bool {
 			}
 		}
 	}
-	return names
+	return names, templates
 }
 
-func (v *validator) routes(backends map[string]bool) {
+func (v *validator) routes(backends, templates map[string]bool) {
 	c := v.c
 	if len(c.Routes) == 0 {
 		v.add("route", "at least one [[route]] is required (a route with default = true sends everyone to one backend)")
@@ -300,8 +312,21 @@ func (v *validator) routes(backends map[string]bool) {
 	firstDefault := -1
 	for i, r := range c.Routes {
 		k := fmt.Sprintf("route.%d", i)
-		if r.Backend != "" && !backends[r.Backend] {
-			v.add(k+".backend", "unknown backend %q (backends: %s)", r.Backend, strings.Join(known, ", "))
+		if r.KindOrDefault() != RouteStatic {
+			v.lookupRoute(k, i, r, templates)
+		} else {
+			switch {
+			case r.Backend != "" && templates[r.Backend]:
+				v.add(k+".backend", "%q is a template (template = true): only kind = \"http\" or \"ldap\" routes use it, as their template", r.Backend)
+			case r.Backend != "" && !backends[r.Backend]:
+				v.add(k+".backend", "unknown backend %q (backends: %s)", r.Backend, strings.Join(known, ", "))
+			}
+			if r.HTTP != nil {
+				v.add(k+".http", "has no effect on a static route (set kind = \"http\")")
+			}
+			if r.LDAP != nil {
+				v.add(k+".ldap", "has no effect on a static route (set kind = \"ldap\")")
+			}
 		}
 		if firstDefault >= 0 {
 			v.add(k, "unreachable: route.%d (default = true) matches every user first", firstDefault)

@@ -34,7 +34,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "uidgate_sessions_total", Help: "Client sessions accepted.",
 		}, []string{"listener"}),
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "uidgate_logins_total", Help: "Logins by backend and result (ok, failed, unavailable, no_route, rate_limited).",
+			Name: "uidgate_logins_total", Help: "Logins by backend and result (ok, failed, unavailable, no_route, rate_limited; refused by an auth service, lookup_unavailable).",
 		}, []string{"backend", "result"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "uidgate_commands_total", Help: "Client commands after login, by name and whether uidgate rewrote them.",

@@ -199,6 +199,7 @@ func (ss *session) relay(ctx context.Context) {
 	}
 	rs.cond = sync.NewCond(&rs.mu)
 	ss.rs = rs
+	ss.view.setRelay(rs) // admin view (admin.go)
 	ss.uw = newFlushWriter(ss.up.Conn)
 	setUpstreamBounds(ss.up.R)
 	// One goroutine per direction: the client's commands on a new one, the

@@ -61,8 +61,14 @@ func (ss *session) lock(req rules.LockRequest) (func(), error) {
 		return nil, nil
 	}
 	mgr := ss.srv.locks()
-	if try, ok := mgr.(locks.TryAcquirer); ok {
+	owner := ss.lockOwner(req) // for the admin view (admin.go)
+	if try, ok := mgr.(locks.OwnedTryAcquirer); ok {
 		// Uncontended: no timer, no wait.
+		if release, ok := try.TryAcquireAs(owner, keys); ok {
+			ss.srv.Metrics.lockWaited(0, false)
+			return release, nil
+		}
+	} else if try, ok := mgr.(locks.TryAcquirer); ok {
 		if release, ok := try.TryAcquire(keys); ok {
 			ss.srv.Metrics.lockWaited(0, false)
 			return release, nil
@@ -74,7 +80,7 @@ func (ss *session) lock(req rules.LockRequest) (func(), error) {
 	}
 	// The wait ends early if the session does (ss.ctx), and the session
 	// ends if the client goes meanwhile.
-	ctx, cancel := context.WithTimeout(ss.ctx, ss.srv.lockTimeout())
+	ctx, cancel := context.WithTimeout(locks.WithOwner(ss.ctx, owner), ss.srv.lockTimeout())
 	defer cancel()
 	defer ss.watchClient(ss.cr.Buffered())()
 	t0 := time.Now()

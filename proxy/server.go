@@ -65,8 +65,11 @@ type Listener struct {
 // Server proxies IMAP sessions. Fields must not change after Serve is
 // first called. The zero value (with Route set) serves with the defaults.
 type Server struct {
-	// Route picks the backend for a user; required.
+	// Route picks the backend for a user; required unless Lookup is set.
 	Route Route
+	// Lookup, if set, routes logins instead of Route, and may ask a
+	// directory (see LoginRouter, route.go).
+	Lookup LoginRouter
 	// Logger receives session logs; nil logs nothing.
 	Logger *zerolog.Logger
 	// MaxLine bounds a command line (imapwire.DefaultMaxLine if zero).
@@ -305,6 +308,7 @@ func (s *Server) untrack(ss *session) {
 	delete(s.sessions, ss)
 	s.leaveLocked(ss.ip)
 	s.mu.Unlock()
+	ss.view.ended() // admin view: Kick's wait ends (admin.go)
 	s.wg.Done()
 }
 

@@ -84,6 +84,7 @@ type session struct {
 
 	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
 	closeOnce         sync.Once
+	view              sessionView // what the admin view shows (admin.go)
 }
 
 func newSession(s *Server, c net.Conn, l Listener) *session {
@@ -701,13 +702,8 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 		return false
 	}
 	defer release()
-	b, ok := ss.srv.Route(user)
+	b, ok := ss.route(tag, user, pass) // answers the client if not ok (route.go)
 	if !ok {
-		ss.log.Info().Str("user", user).Msg("no route for user")
-		ss.srv.Metrics.login("", "no_route", 0)
-		ss.srv.loginFailed(ss.ip)
-		// Same answer as a wrong password: do not reveal which users exist.
-		ss.sendf("%s NO [AUTHENTICATIONFAILED] Authentication failed", tag)
 		return false
 	}
 	log := ss.log.With().Str("user", user).Str("backend", b.Name).Logger()
@@ -747,6 +743,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 		return false
 	}
 	ss.user, ss.backend = user, b.Name
+	ss.view.setLogin(user, b.Name)
 	ss.legacy = b.Legacy
 	ss.explicitSeen = b.ExplicitSeen
 	ss.cyrusNamespace = b.CyrusNamespace

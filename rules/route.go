@@ -34,8 +34,22 @@ type Route struct {
 	Domain string
 	// Default matches every user, including one without a domain.
 	Default bool
-	// Backend names the backend matched users are sent to; required.
+	// Backend names the backend matched users are sent to. Exactly one of
+	// Backend and Lookup is set.
 	Backend string
+	// Lookup names a directory lookup (an HTTP auth service or LDAP) that
+	// gives the backend of each matched user at login. Asking it is I/O and
+	// not this package's business: see package lookup, and Resolve for
+	// what its answer maps to.
+	Lookup string
+}
+
+// Target is where a route sends the users it matches: a backend, or a
+// lookup that names one per user.
+type Target struct {
+	Backend string // set for a static route
+	Lookup  string // set for a directory route
+	Index   int    // the route's position in the slice given to NewRouter
 }
 
 // RouteError is what NewRouter reports for one bad route.
@@ -70,11 +84,11 @@ const (
 )
 
 type compiledRoute struct {
-	kind    matchKind
-	glob    []globToken
-	re      *regexp.Regexp
-	domain  string // lowercased
-	backend string
+	kind   matchKind
+	glob   []globToken
+	re     *regexp.Regexp
+	domain string // lowercased
+	target Target
 }
 
 // NewRouter compiles routes, in order. Every bad route is reported, each as
@@ -118,10 +132,13 @@ func compileRoute(i int, rt Route) (compiledRoute, error) {
 	default:
 		return compiledRoute{}, &RouteError{Index: i, Err: fmt.Errorf("%s are all set: set exactly one", strings.Join(set, ", "))}
 	}
-	if rt.Backend == "" {
+	switch {
+	case rt.Backend == "" && rt.Lookup == "":
 		return compiledRoute{}, &RouteError{Index: i, Field: "backend", Err: errors.New("required")}
+	case rt.Backend != "" && rt.Lookup != "":
+		return compiledRoute{}, &RouteError{Index: i, Field: "backend", Err: errors.New("set, but the route's backend comes from a lookup: set one of them")}
 	}
-	c := compiledRoute{backend: rt.Backend}
+	c := compiledRoute{target: Target{Backend: rt.Backend, Lookup: rt.Lookup, Index: i}}
 	switch {
 	case rt.User != "":
 		g, err := compileGlob(lowerDomain(rt.User))
@@ -152,18 +169,31 @@ func compileRoute(i int, rt Route) (compiledRoute, error) {
 }
 
 // Backend returns the backend of the first route that matches user, and
-// false if none does.
+// false if none does or the first that does is a lookup route (see Match).
 func (r *Router) Backend(user string) (backend string, ok bool) {
-	if r == nil {
+	t, ok := r.Match(user)
+	if !ok || t.Backend == "" {
 		return "", false
+	}
+	return t.Backend, true
+}
+
+// Match returns the target of the first route that matches user, and
+// false if none does. A lookup route that matches ends the search: what
+// the lookup answers (or fails to) is the answer, later routes are not
+// tried, so that a directory that is down never sends a user to another
+// route's backend.
+func (r *Router) Match(user string) (Target, bool) {
+	if r == nil {
+		return Target{}, false
 	}
 	norm := lowerDomain(user)
 	for i := range r.routes {
 		if r.routes[i].matches(norm) {
-			return r.routes[i].backend, true
+			return r.routes[i].target, true
 		}
 	}
-	return "", false
+	return Target{}, false
 }
 
 // matches reports whether the route matches norm, a login name whose domain

@@ -5,6 +5,8 @@
 //	uidgate demo                   show the failures uidgate prevents
 //	uidgate check-server -addr HOST:PORT -user NAME [flags]
 //	                               run them against a real server, direct and through uidgate
+//	uidgate admin sessions|locks|kick [flags]
+//	                               the admin view of a running uidgate
 //	uidgate version [-v]           version and commit; -v: Go and dependency versions
 package main
 
@@ -30,6 +32,8 @@ func usage(w io.Writer) {
   uidgate demo                   run the legacy-server scenarios direct and through uidgate
   uidgate check-server -addr HOST:PORT -user NAME [-pass P] [-lmtp ADDR] [-rounds N]
                                  the same against a real server, in a scratch mailbox (-h for flags)
+  uidgate admin [-config FILE] sessions [-user NAME] | locks | kick -cid N|-user NAME
+                                 who is connected, who holds and waits for which lock; end a session
   uidgate version [-v]           print the version and commit (-v: Go, build settings, dependencies)
 `)
 }
@@ -70,6 +74,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	case "check-server":
 		return checkServer(args[1:], stdout, stderr)
+	case "admin":
+		return adminCmd(args[1:], stdout, stderr)
 	case "version", "-version", "--version":
 		return versionCmd(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":

@@ -25,7 +25,7 @@ const (
 	readyCache = 5 * time.Second
 )
 
-// ops serves /metrics, /healthz and /readyz.
+// ops serves /metrics, /healthz, /readyz and the admin view.
 type ops struct {
 	metrics  *proxy.Metrics
 	registry *prometheus.Registry
@@ -33,6 +33,8 @@ type ops struct {
 	backends func() []string
 	// locks, if set, adds etcd's reachability ([locks] backend = "etcd").
 	locks *lockReadiness
+	// admin, if set, serves /admin/ (admin.go).
+	admin http.Handler
 
 	mu      sync.Mutex
 	checked time.Time
@@ -52,6 +54,9 @@ func (o *ops) handler() http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n")) // the process is up
 	})
+	if o.admin != nil {
+		mux.Handle("/admin/", o.admin)
+	}
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		ready, note := o.isReady(r.Context())
 		if note != "" {

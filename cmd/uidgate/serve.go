@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"uidgate/configs"
+	"uidgate/lookup"
 	"uidgate/proxy"
 	"uidgate/rules"
 	"uidgate/upstream"
@@ -74,7 +75,7 @@ func reload(file string, current *atomic.Pointer[routing], log *zerolog.Logger) 
 		var r *routing
 		if r, err = newRouting(c); err == nil {
 			level, _ := zerolog.ParseLevel(c.Log.LevelOrDefault())
-			current.Store(r)
+			current.Swap(r).close()
 			zerolog.SetGlobalLevel(level)
 			log.Info().Str("config", file).Msg("configuration reloaded")
 			return
@@ -83,47 +84,18 @@ func reload(file string, current *atomic.Pointer[routing], log *zerolog.Logger) 
 	log.Error().Str("config", file).Str("error", err.Error()).Msg("reload failed; keeping the running configuration")
 }
 
-// routing is what SIGHUP replaces: routes and backends.
+// routing is what SIGHUP replaces: routes, backends and directories
+// (routing.go).
 type routing struct {
-	router   *rules.Router
-	backends map[string]*upstream.Backend
-}
-
-func (r *routing) route(user string) (*upstream.Backend, bool) {
-	name, ok := r.router.Backend(user)
-	if !ok {
-		return nil, false
-	}
-	b, ok := r.backends[name]
-	return b, ok
+	lookup *lookup.Router
 }
 
 func newRouting(c *configs.Config) (*routing, error) {
-	router, err := c.Router()
+	lr, err := lookup.New(c)
 	if err != nil {
 		return nil, err
 	}
-	backends := make(map[string]*upstream.Backend, len(c.Backends))
-	for _, b := range c.Backends {
-		tc, err := b.TLSConfig()
-		if err != nil {
-			return nil, fmt.Errorf("backend %q: %w", b.Name, err)
-		}
-		backends[b.Name] = &upstream.Backend{
-			Name:             b.Name,
-			Address:          b.Address,
-			TLS:              upstream.TLSMode(b.TLSModeOrDefault()),
-			TLSConfig:        tc,
-			DialTimeout:      b.DialTimeoutOrDefault(),
-			Legacy:           b.Legacy,
-			ExplicitSeen:     b.ExplicitSeenOn(),
-			CyrusNamespace:   b.CyrusNamespace,
-			IgnoreOutOfRange: b.IgnoreOutOfRange(),
-			ProxyProtocol:    b.ProxyProtocolVersion(),
-			SendClientID:     b.SendClientID,
-		}
-	}
-	return &routing{router: router, backends: backends}, nil
+	return &routing{lookup: lr}, nil
 }
 
 // newServer builds the proxy from a validated configuration; its routes
@@ -135,9 +107,7 @@ func newServer(c *configs.Config, log *zerolog.Logger, current *atomic.Pointer[r
 	}
 	current.Store(r)
 	return &proxy.Server{
-		Route: func(user string) (*upstream.Backend, bool) {
-			return current.Load().route(user)
-		},
+		Lookup:              currentRouter{current},
 		Logger:              log,
 		MaxLine:             c.Limits.MaxLineOrDefault(),
 		MaxLiteral:          c.Limits.MaxLiteralOrDefault(),
@@ -178,17 +148,23 @@ func serve(ctx context.Context, file string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	defer func() { current.Load().close() }()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	o := newOps(func() []string {
-		addrs := make([]string, len(c.Backends))
-		for i, b := range c.Backends {
-			addrs[i] = b.Address
+		var addrs []string
+		for _, b := range c.Backends {
+			if !b.Template {
+				addrs = append(addrs, b.Address)
+			}
 		}
 		return addrs
 	})
 	srv.Metrics = o.metrics
+	if o.admin, err = adminHandler(c, srv, &log); err != nil {
+		return err
+	}
 	lm, err := newLockManager(c.Locks, &log)
 	if err != nil {
 		return err

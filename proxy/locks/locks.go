@@ -10,6 +10,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"time"
 )
 
 // ErrTimeout is returned when keys could not be had before the context
@@ -44,11 +45,21 @@ var (
 	_ TryAcquirer = (*Memory)(nil)
 )
 
-// queue is one key: held or not, and its waiters in arrival order. A
-// waiter's channel is closed when the key passes to it.
+var _ Inspector = (*Memory)(nil)
+
+// queue is one key: held or not, by whom since when, and its waiters in
+// arrival order. A waiter's channel is closed when the key passes to it.
 type queue struct {
 	held    bool
-	waiters []chan struct{}
+	holder  Owner
+	since   time.Time
+	waiters []*memWaiter
+}
+
+type memWaiter struct {
+	ch    chan struct{}
+	owner Owner
+	since time.Time
 }
 
 // Acquire takes keys, waiting FIFO behind earlier holders of each. If ctx
@@ -58,9 +69,10 @@ func (m *Memory) Acquire(ctx context.Context, keys []string) (func(), error) {
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
+	owner := OwnerFrom(ctx)
 	taken := 0
 	for _, k := range keys {
-		if err := m.acquire(ctx, k); err != nil {
+		if err := m.acquire(ctx, k, owner); err != nil {
 			for _, held := range keys[:taken] {
 				m.release(held)
 			}
@@ -85,6 +97,11 @@ func (m *Memory) releaser(keys []string) func() {
 
 // TryAcquire takes every key if none is held or waited for, in one step.
 func (m *Memory) TryAcquire(keys []string) (func(), bool) {
+	return m.TryAcquireAs(Owner{}, keys)
+}
+
+// TryAcquireAs is TryAcquire for owner, whom Inspect shows as the holder.
+func (m *Memory) TryAcquireAs(owner Owner, keys []string) (func(), bool) {
 	m.mu.Lock()
 	for _, k := range keys {
 		if _, busy := m.keys[k]; busy {
@@ -98,14 +115,15 @@ func (m *Memory) TryAcquire(keys []string) (func(), bool) {
 	keys = slices.Clone(keys)
 	slices.Sort(keys)
 	keys = slices.Compact(keys)
+	now := time.Now()
 	for _, k := range keys {
-		m.keys[k] = &queue{held: true}
+		m.keys[k] = &queue{held: true, holder: owner, since: now}
 	}
 	m.mu.Unlock()
 	return m.releaser(keys), true
 }
 
-func (m *Memory) acquire(ctx context.Context, key string) error {
+func (m *Memory) acquire(ctx context.Context, key string, owner Owner) error {
 	m.mu.Lock()
 	if m.keys == nil {
 		m.keys = make(map[string]*queue)
@@ -116,25 +134,25 @@ func (m *Memory) acquire(ctx context.Context, key string) error {
 		m.keys[key] = q
 	}
 	if !q.held {
-		q.held = true
+		q.held, q.holder, q.since = true, owner, time.Now()
 		m.mu.Unlock()
 		return nil
 	}
-	ch := make(chan struct{})
-	q.waiters = append(q.waiters, ch)
+	w := &memWaiter{ch: make(chan struct{}), owner: owner, since: time.Now()}
+	q.waiters = append(q.waiters, w)
 	m.mu.Unlock()
 	select {
-	case <-ch:
+	case <-w.ch:
 		return nil
 	case <-ctx.Done():
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		select {
-		case <-ch:
+		case <-w.ch:
 			// Granted while timing out: pass it on.
 			m.releaseLocked(key)
 		default:
-			if i := slices.Index(q.waiters, ch); i >= 0 {
+			if i := slices.Index(q.waiters, w); i >= 0 {
 				q.waiters = slices.Delete(q.waiters, i, i+1)
 			}
 		}
@@ -154,13 +172,32 @@ func (m *Memory) releaseLocked(key string) {
 		return
 	}
 	if len(q.waiters) > 0 {
-		ch := q.waiters[0]
+		w := q.waiters[0]
 		q.waiters = slices.Delete(q.waiters, 0, 1)
-		close(ch) // the key passes to the next waiter, still held
+		q.holder, q.since = w.owner, time.Now()
+		close(w.ch) // the key passes to the next waiter, still held
 		return
 	}
 	q.held = false
 	delete(m.keys, key)
+}
+
+// Inspect returns every key held, with its holder and its waiters in the
+// order they will get it: all there is, the manager being this process's
+// only.
+func (m *Memory) Inspect() Snapshot {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := Snapshot{Scope: ScopeProcess, Keys: make([]KeyState, 0, len(m.keys))}
+	for k, q := range m.keys {
+		ks := KeyState{Key: k, Held: q.held, Holder: Holder{Owner: q.holder, Since: q.since}}
+		for _, w := range q.waiters {
+			ks.Waiters = append(ks.Waiters, Holder{Owner: w.owner, Since: w.since})
+		}
+		out.Keys = append(out.Keys, ks)
+	}
+	out.sort()
+	return out
 }
 
 // Waiting reports how many acquisitions wait for key, for tests.

@@ -160,8 +160,9 @@ type Manager struct {
 }
 
 var (
-	_ locks.Manager = (*Manager)(nil)
-	_ locks.Leased  = (*Manager)(nil)
+	_ locks.Manager   = (*Manager)(nil)
+	_ locks.Leased    = (*Manager)(nil)
+	_ locks.Inspector = (*Manager)(nil)
 )
 
 // epoch is one lease: its refreshes, and the holds on it.

@@ -16,18 +16,24 @@ import (
 	"uidgate/proxy/locks"
 )
 
-// keyState is one lock key in this process: held or not, and the waiters
-// in arrival order.
+// keyState is one lock key in this process: held or not, by whom since
+// when, and the waiters in arrival order. queued: its holder here waits
+// in etcd's queue, behind another instance.
 type keyState struct {
 	held    bool
+	holder  locks.Owner
+	since   time.Time
+	queued  bool
 	waiters []*waiter
 }
 
 // waiter is one acquisition waiting in this process. ch is closed when the
 // key passes to it, with hold set if the etcd key comes along.
 type waiter struct {
-	ch   chan struct{}
-	hold *hold
+	ch    chan struct{}
+	hold  *hold
+	owner locks.Owner
+	since time.Time
 }
 
 // hold is this process's etcd key for one lock key.
@@ -146,8 +152,9 @@ func (m *Manager) AcquireLeased(ctx context.Context, keys []string) (func(), con
 			m.unlock(keys[i], holds[i])
 		}
 	}
+	owner := locks.OwnerFrom(ctx)
 	for _, k := range keys {
-		h, err := m.lockLocal(ctx, k)
+		h, err := m.lockLocal(ctx, k, owner)
 		if err != nil {
 			undo()
 			return nil, nil, errors.Join(locks.ErrTimeout, err)
@@ -168,7 +175,7 @@ func (m *Manager) AcquireLeased(ctx context.Context, keys []string) (func(), con
 		}
 		if h == nil && etcdErr == nil {
 			h = m.newHold(k, ep)
-			if err := m.takeEtcd(ctx, h); err != nil {
+			if err := m.takeEtcd(ctx, k, h); err != nil {
 				// h's key, written perhaps, is deleted before k is free
 				// here again (h is not owned: never passed on).
 				if errors.Is(err, locks.ErrTimeout) || !m.cfg.Proceed {
@@ -222,7 +229,7 @@ func (m *Manager) releaser(keys []string, holds []*hold) func() {
 
 // lockLocal takes key in this process, FIFO, and returns the etcd hold
 // its previous holder left it, if any.
-func (m *Manager) lockLocal(ctx context.Context, key string) (*hold, error) {
+func (m *Manager) lockLocal(ctx context.Context, key string, owner locks.Owner) (*hold, error) {
 	m.kmu.Lock()
 	if m.keys == nil {
 		m.keys = make(map[string]*keyState)
@@ -233,11 +240,11 @@ func (m *Manager) lockLocal(ctx context.Context, key string) (*hold, error) {
 		m.keys[key] = q
 	}
 	if !q.held {
-		q.held = true
+		q.held, q.holder, q.since, q.queued = true, owner, time.Now(), false
 		m.kmu.Unlock()
 		return nil, nil
 	}
-	w := &waiter{ch: make(chan struct{})}
+	w := &waiter{ch: make(chan struct{}), owner: owner, since: time.Now()}
 	q.waiters = append(q.waiters, w)
 	m.kmu.Unlock()
 	select {
@@ -281,6 +288,7 @@ func (m *Manager) unlock(key string, h *hold) {
 	if live && h.owned && len(q.waiters) > 0 && time.Since(h.since) < m.cfg.BatchWindow {
 		w := q.waiters[0]
 		q.waiters = slices.Delete(q.waiters, 0, 1)
+		q.holder, q.since, q.queued = w.owner, time.Now(), false
 		w.hold = h
 		close(w.ch)
 		m.kmu.Unlock()
@@ -312,10 +320,40 @@ func (m *Manager) passLocal(key string) {
 	if len(q.waiters) > 0 {
 		w := q.waiters[0]
 		q.waiters = slices.Delete(q.waiters, 0, 1)
+		q.holder, q.since, q.queued = w.owner, time.Now(), false
 		close(w.ch)
 		return
 	}
 	delete(m.keys, key)
+}
+
+// setQueued records whether key's holder here waits in etcd's queue.
+func (m *Manager) setQueued(key string, queued bool) {
+	m.kmu.Lock()
+	if q := m.keys[key]; q != nil {
+		q.queued = queued
+	}
+	m.kmu.Unlock()
+}
+
+// Inspect returns the keys held or waited for in this process, with their
+// holders and waiters here (locks.ScopeInstance): other instances' holders
+// and waiters are in etcd and not shown, but a holder here that waits
+// behind one of them is marked Queued.
+func (m *Manager) Inspect() locks.Snapshot {
+	m.kmu.Lock()
+	defer m.kmu.Unlock()
+	out := locks.Snapshot{Scope: locks.ScopeInstance, Keys: make([]locks.KeyState, 0, len(m.keys))}
+	for k, q := range m.keys {
+		ks := locks.KeyState{Key: k, Held: q.held, Queued: q.queued,
+			Holder: locks.Holder{Owner: q.holder, Since: q.since}}
+		for _, w := range q.waiters {
+			ks.Waiters = append(ks.Waiters, locks.Holder{Owner: w.owner, Since: w.since})
+		}
+		out.Keys = append(out.Keys, ks)
+	}
+	out.Sort()
+	return out
 }
 
 // Waiting reports how many acquisitions of this process wait for key in
@@ -331,7 +369,7 @@ func (m *Manager) Waiting(key string) int {
 
 // takeEtcd writes h's key and waits until no key in its queue was created
 // before it.
-func (m *Manager) takeEtcd(ctx context.Context, h *hold) error {
+func (m *Manager) takeEtcd(ctx context.Context, key string, h *hold) error {
 	cli := h.ep.cli
 	// Stop waiting when the lease is lost as well as when ctx ends.
 	wctx, stop := mergeCancel(ctx, h.ep.ctx)
@@ -370,7 +408,10 @@ func (m *Manager) takeEtcd(ctx context.Context, h *hold) error {
 		h.owned, h.since = true, time.Now()
 		return nil // the fast path: one round trip
 	}
-	if err := m.waitDeletes(wctx, cli, h.key.prefix, h.rev-1); err != nil {
+	m.setQueued(key, true)
+	err = m.waitDeletes(wctx, cli, h.key.prefix, h.rev-1)
+	m.setQueued(key, false)
+	if err != nil {
 		return fail(err)
 	}
 	// Still ours: the lease may have expired while we waited. Read
