@@ -220,9 +220,9 @@ func (ss *session) relay(ctx context.Context) {
 	clientDone := make(chan struct{})
 	go func() {
 		defer close(clientDone)
-		end(ss.clientToUpstream(rs))
+		end(ss.relayEnded(fromClient, ss.clientToUpstream(rs)))
 	}()
-	end(ss.upstreamToClient(rs))
+	end(ss.relayEnded(fromBackend, ss.upstreamToClient(rs)))
 	<-clientDone
 	rs.mu.Lock()
 	rs.ended = true
