@@ -9,12 +9,16 @@ package configs
 
 import (
 	_ "embed"
+	"encoding"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -98,7 +102,9 @@ type TLS struct {
 	// Key is the PEM private key for Cert.
 	Key string `toml:"key"`
 	// MinVersion is the oldest TLS version offered to clients: "1.2"
-	// (default) or "1.3".
+	// (default), "1.3", or for legacy clients "1.0" or "1.1", which also
+	// offer the RSA key exchange suites (see legacyCipherSuites) and are
+	// warned about at start (Warnings).
 	MinVersion string `toml:"min_version"`
 }
 
@@ -463,11 +469,70 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes data, naming it name in errors. It rejects TOML syntax
-// errors, values of the wrong type, and unknown keys (including keys that
-// differ from a known one only in case), each reported as
-// "name:line: message"; all such problems are joined into one error. Parse
-// does not fill defaults or Validate.
+// errors, values of the wrong type (array elements included), and unknown
+// keys (including keys that differ from a known one only in case), each
+// reported as "name:line: message"; all such problems are joined into one
+// error. Parse does not fill defaults or Validate; ParseValid does both
+// checks at once.
 func Parse(name string, data []byte) (*Config, error) {
+	c, problems, err := parse(name, data)
+	if err != nil {
+		return nil, err
+	}
+	if len(problems) > 0 {
+		return nil, joinProblems(problems)
+	}
+	return c, nil
+}
+
+// ParseValid is Parse then Validate, reporting the problems of both at
+// once: a value of the wrong type does not hide a bad value elsewhere.
+// Only a TOML syntax error (an integer beyond 64 bits is one) stops
+// everything after it: no parser can say what follows it means.
+func ParseValid(name string, data []byte) (*Config, error) {
+	c, problems, err := parse(name, data)
+	if err != nil {
+		return nil, err
+	}
+	// What did not decode is zero in c: Validate's complaints about those
+	// keys (or under them) would repeat the problem in other words.
+	bad := make([]string, 0, len(problems))
+	for _, p := range problems {
+		bad = append(bad, p.ikey)
+	}
+	for _, p := range c.validate() {
+		if !coveredBy(p.ikey, bad) {
+			problems = append(problems, p)
+		}
+	}
+	if len(problems) > 0 {
+		return nil, joinProblems(problems)
+	}
+	return c, nil
+}
+
+// LoadValid reads path and calls ParseValid.
+func LoadValid(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return ParseValid(path, data)
+}
+
+// coveredBy reports whether key is one of keys, or lies under one.
+func coveredBy(key string, keys []string) bool {
+	for _, k := range keys {
+		if k != "" && (key == k || strings.HasPrefix(key, k+".")) {
+			return true
+		}
+	}
+	return false
+}
+
+// parse decodes data leniently: c holds every value that decoded, and
+// problems says what did not (syntax errors alone end it, as err).
+func parse(name string, data []byte) (c *Config, problems []problem, err error) {
 	if name == "" {
 		name = "config"
 	}
@@ -476,27 +541,131 @@ func Parse(name string, data []byte) (*Config, error) {
 	// type errors of decoding into Config.
 	var syntax map[string]any
 	if _, err := toml.Decode(src, &syntax); err != nil {
-		return nil, syntaxError(name, err)
+		return nil, nil, syntaxError(name, err)
 	}
 	entries := scanKeys(data)
 
-	c := &Config{file: name, lines: make(map[string]int, len(entries))}
+	c = &Config{file: name, lines: make(map[string]int, len(entries))}
 	for _, e := range entries {
 		c.lines[e.indexed()] = e.line
 	}
-	md, err := toml.Decode(src, c)
-	problems := checkSchema(name, entries)
+	problems = checkSchema(name, entries, syntax)
+	// Each key is decoded on its own, skipping those checkSchema found
+	// wrong, so that one bad value does not stop the rest (toml.Decode
+	// stops at the first).
+	var top map[string]toml.Primitive
+	md, err := toml.Decode(src, &top)
 	if err != nil {
-		if len(problems) == 0 {
-			problems = append(problems, problem{msg: fmt.Sprintf("%s: %v", name, err)})
+		return nil, nil, syntaxError(name, err)
+	}
+	skip := make(map[string]bool, len(problems))
+	for _, p := range problems {
+		skip[p.ikey] = true
+	}
+	d := &lenientDecoder{md: md, c: c, file: name, skip: skip}
+	d.table(top, reflect.ValueOf(c).Elem(), nil, nil)
+	problems = append(problems, d.problems...)
+	problems = append(problems, undecodedProblems(name, d.unknown, entries, problems)...)
+	return c, problems, nil
+}
+
+// lenientDecoder decodes a document key by key into a Config.
+type lenientDecoder struct {
+	md       toml.MetaData
+	c        *Config
+	file     string
+	skip     map[string]bool // indexed keys already reported
+	problems []problem
+	unknown  []toml.Key
+}
+
+var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
+
+// table decodes the keys of one table into the struct rv.
+func (d *lenientDecoder) table(m map[string]toml.Primitive, rv reflect.Value, path []pathElem, key toml.Key) {
+	fields := make(map[string]int, rv.NumField())
+	for i := range rv.NumField() {
+		f := rv.Type().Field(i)
+		if !f.IsExported() {
+			continue
 		}
-		return nil, joinProblems(problems)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if name == "" {
+			name = f.Name
+		}
+		if name != "-" {
+			fields[name] = i
+		}
 	}
-	problems = append(problems, undecodedProblems(name, md.Undecoded(), entries, problems)...)
-	if len(problems) > 0 {
-		return nil, joinProblems(problems)
+	names := make([]string, 0, len(m))
+	for k := range m {
+		names = append(names, k)
 	}
-	return c, nil
+	slices.Sort(names)
+	for _, k := range names {
+		p := append(slices.Clip(path), pathElem{name: k, index: -1})
+		tk := append(slices.Clip(key), k)
+		i, ok := fields[k]
+		if !ok {
+			d.unknown = append(d.unknown, tk)
+			continue
+		}
+		d.value(m[k], rv.Field(i), p, tk)
+	}
+}
+
+// value decodes one value into rv, which it is for.
+func (d *lenientDecoder) value(prim toml.Primitive, rv reflect.Value, path []pathElem, key toml.Key) {
+	ik := indexedKey(path)
+	if d.skip[ik] {
+		return
+	}
+	t := rv.Type()
+	switch {
+	case t.Kind() == reflect.Struct && !reflect.PointerTo(t).Implements(textUnmarshalerType):
+		var m map[string]toml.Primitive
+		if err := d.md.PrimitiveDecode(prim, &m); err != nil {
+			d.fail(ik, err)
+			return
+		}
+		d.table(m, rv, path, key)
+	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		var elems []toml.Primitive
+		if err := d.md.PrimitiveDecode(prim, &elems); err != nil {
+			d.fail(ik, err)
+			return
+		}
+		rv.Set(reflect.MakeSlice(t, len(elems), len(elems)))
+		for i, e := range elems {
+			p := slices.Clone(path)
+			p[len(p)-1].index = i
+			d.value(e, rv.Index(i), p, key)
+		}
+	default:
+		v := reflect.New(t)
+		if err := d.md.PrimitiveDecode(prim, v.Interface()); err != nil {
+			d.fail(ik, err)
+			return
+		}
+		rv.Set(v.Elem())
+	}
+}
+
+// fail records that the value at key did not decode.
+func (d *lenientDecoder) fail(key string, err error) {
+	msg := err.Error()
+	var pe toml.ParseError
+	if errors.As(err, &pe) {
+		msg = pe.Message
+	} else if _, after, ok := strings.Cut(msg, "): "); ok && strings.HasPrefix(msg, "toml:") {
+		msg = after // "toml: line 3 (last key "x"): "
+	}
+	line := d.c.lineOf(key)
+	where := d.file + ": "
+	if line > 0 {
+		where = fmt.Sprintf("%s:%d: ", d.file, line)
+	}
+	d.problems = append(d.problems, problem{line: line, ikey: key, msg: where + key + ": " + msg})
 }
 
 // Default returns the built-in configuration: one plain listener on

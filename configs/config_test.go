@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -154,7 +155,7 @@ func TestExample(t *testing.T) {
 
 	for _, l := range c.Listeners {
 		cfg, err := l.TLSConfig(c.TLS)
-		if err != nil || cfg == nil || len(cfg.Certificates) != 1 || cfg.MinVersion != tls.VersionTLS12 {
+		if err != nil || cfg == nil || cfg.GetCertificate == nil || cfg.MinVersion != tls.VersionTLS12 {
 			t.Errorf("listener %s: TLSConfig = %v, %v", l.Address, cfg, err)
 		}
 	}
@@ -304,6 +305,20 @@ func TestParseErrors(t *testing.T) {
 			want: []string{
 				"t.toml:1: unknown key \"foo\"\nt.toml:3: unknown key \"listener.0.addres\"",
 				"t.toml:4: listener.0.tls: want a string, found an integer\nt.toml:6: limits.idle_timeout: invalid duration",
+			},
+			n: 4,
+		},
+		{
+			// Issue 18: array elements were not checked; a wrong one failed
+			// the decoding, which reported only its first error, and none
+			// at all beside other problems.
+			name: "array elements of the wrong type",
+			toml: "[[listener]]\ntrusted_proxies = [\"10.0.0.0/8\", 1]\n[[listener]]\ntrusted_proxies = [true]\n[locks]\nendpoints = [1, 2]\n[log]\nlevel = 1\n",
+			want: []string{
+				`t.toml:2: listener.0.trusted_proxies.1: want a string, found an integer`,
+				`t.toml:4: listener.1.trusted_proxies.0: want a string, found a boolean`,
+				`t.toml:6: locks.endpoints.0: want a string, found an integer`,
+				`t.toml:8: log.level: want a string, found an integer`,
 			},
 			n: 4,
 		},
@@ -549,12 +564,60 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			name: "bad TLS versions",
-			toml: validBase + "[tls]\nmin_version = \"1.1\"\n[[backend]]\nname = \"b\"\naddress = \"x:993\"\ntls = \"implicit\"\nmin_version = \"1.4\"\n",
+			toml: validBase + "[tls]\nmin_version = \"1.4\"\n[[backend]]\nname = \"b\"\naddress = \"x:993\"\ntls = \"implicit\"\nmin_version = \"1.4\"\n",
 			want: []string{
-				`t.toml:12: tls.min_version: "1.1": want "1.2" or "1.3"`,
+				`t.toml:12: tls.min_version: "1.4": want "1.0", "1.1", "1.2" or "1.3"`,
 				`t.toml:17: backend.1.min_version: "1.4"`,
 			},
 			n: 2,
+		},
+		{
+			// Issue 18: legacy farms serve TLS 1.0 clients; allowed, and
+			// warned about (TestWarnings).
+			name: "TLS 1.0 and 1.1 for clients",
+			toml: validBase + "[[listener]]\naddress = \":993\"\ntls = \"implicit\"\n[tls]\ncert = \"$CERT\"\nkey = \"$KEY\"\nmin_version = \"1.0\"\n",
+		},
+		{
+			// Issue 18: an address on all interfaces takes the port on
+			// every address, IPv4 and IPv6 (Go listens dual-stack).
+			name: "overlapping listeners",
+			toml: validBase + "[[listener]]\naddress = \"0.0.0.0:1143\"\n[[listener]]\naddress = \"[::]:1143\"\n[[listener]]\naddress = \":2143\"\n[[listener]]\naddress = \"[::1]:2143\"\n[[listener]]\naddress = \"localhost:3143\"\n[[listener]]\naddress = \"127.0.0.1:3143\"\n[[listener]]\naddress = \"127.0.0.2:1144\"\n[[listener]]\naddress = \"127.0.0.1:1144\"\n[[listener]]\naddress = \"[::1]:1144\"\n[[listener]]\naddress = \"0.0.0.0:0\"\n[[listener]]\naddress = \"127.0.0.1:0\"\n",
+			want: []string{
+				`t.toml:12: listener.1.address: "0.0.0.0:1143" (all interfaces) takes the port of listener.0's "127.0.0.1:1143": both cannot be bound`,
+				`t.toml:14: listener.2.address: "[::]:1143" (all interfaces) takes the port of listener.0's "127.0.0.1:1143"`,
+				`t.toml:18: listener.4.address: "[::1]:2143" is taken by listener.3's ":2143"`,
+				`t.toml:22: listener.6.address: "127.0.0.1:3143" is the same address as listener.5's "localhost:3143"`,
+			},
+			n: 4,
+		},
+		{
+			name: "metrics on a listener's address",
+			toml: validBase + "[metrics]\naddress = \"127.0.0.1:1143\"\n",
+			want: []string{`t.toml:12: metrics.address: "127.0.0.1:1143" is also listener.0's address`},
+			n:    1,
+		},
+		{
+			name: "metrics on all interfaces over a listener's port",
+			toml: validBase + "[metrics]\naddress = \":1143\"\n",
+			want: []string{`t.toml:12: metrics.address: ":1143" (all interfaces) takes the port of listener.0's "127.0.0.1:1143"`},
+			n:    1,
+		},
+		{
+			name: "metrics on another port",
+			toml: validBase + "[metrics]\naddress = \":9143\"\n",
+		},
+		{
+			// Issue 18: these were printed as written and run as their
+			// defaults (drain_timeout 30s, max_connections_per_ip 200).
+			name: "zero or negative limits that would have meant their defaults",
+			toml: validBase + "[limits]\ndrain_timeout = \"0s\"\nmax_connections_per_ip = -1\nmax_connections = 0\nauth_failure_delay = \"-1s\"\n",
+			want: []string{
+				`t.toml:12: limits.drain_timeout: 0s: must be positive`,
+				`t.toml:13: limits.max_connections_per_ip: -1: must be at least 1`,
+				`t.toml:14: limits.max_connections: 0: must be at least 1`,
+				`t.toml:15: limits.auth_failure_delay: -1s: must be positive`,
+			},
+			n: 4,
 		},
 		{
 			name: "limits out of range",
@@ -621,6 +684,61 @@ func TestValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestParseValid: issue 18, one type error hid every other problem:
+// Validate ran only on a file that decoded whole. ParseValid reports both
+// kinds at once, and not a second time for a value that did not decode.
+func TestParseValid(t *testing.T) {
+	src := "[[listener]]\naddress = 1143\n\n[[backend]]\nname = \"a\"\naddress = \"127.0.0.1:143\"\nlegacy = \"yes\"\n\n" +
+		"[[route]]\ndefault = true\nbackend = \"b\"\n\n[limits]\nmax_line = \"big\"\nmax_connections_per_ip = -1\ndrain_timeout = \"0s\"\n\n[metrics]\naddress = \"127.0.0.1:x\"\n"
+	_, err := ParseValid("t.toml", []byte(src))
+	want := []string{
+		`t.toml:2: listener.0.address: want a string, found an integer`,
+		`t.toml:7: backend.0.legacy: want a boolean, found a string`,
+		`t.toml:11: route.0.backend: unknown backend "b" (backends: "a")`,
+		`t.toml:14: limits.max_line: want an integer, found a string`,
+		`t.toml:15: limits.max_connections_per_ip: -1: must be at least 1`,
+		`t.toml:16: limits.drain_timeout: 0s: must be positive`,
+		`t.toml:19: metrics.address: "127.0.0.1:x": port "x" is not a number from 0 to 65535`,
+	}
+	if m := missingFromError(err, want); m != nil {
+		t.Errorf("error:\n%v\nmissing:\n%s", err, strings.Join(m, "\n"))
+	}
+	// listener.0.address is not also "required".
+	if got := len(strings.Split(err.Error(), "\n")); got != len(want) {
+		t.Errorf("%d problems; want %d:\n%v", got, len(want), err)
+	}
+	c, err := ParseValid("t.toml", []byte(validBase))
+	if err != nil || c.Listeners[0].Address != "127.0.0.1:1143" {
+		t.Errorf("ParseValid(validBase) = %+v, %v", c, err)
+	}
+	if _, err := ParseValid("t.toml", []byte("[log]\nlevel = \"x\nformat = 1\n")); err == nil || !strings.Contains(err.Error(), "t.toml:2:") {
+		t.Errorf("syntax error: %v", err)
+	}
+}
+
+// TestWarnings: TLS below 1.2 towards clients is allowed, and said.
+func TestWarnings(t *testing.T) {
+	f := writeTestFiles(t)
+	for _, tt := range []struct {
+		tls  string
+		want string
+	}{
+		{"[[listener]]\naddress = \":993\"\ntls = \"implicit\"\n[tls]\ncert = \"$CERT\"\nkey = \"$KEY\"\nmin_version = \"1.0\"\n", `tls.min_version = "1.0": clients may connect with TLS 1.0`},
+		{"[[listener]]\naddress = \":993\"\ntls = \"implicit\"\n[tls]\ncert = \"$CERT\"\nkey = \"$KEY\"\nmin_version = \"1.1\"\n", `TLS 1.1`},
+		{"[[listener]]\naddress = \":993\"\ntls = \"implicit\"\n[tls]\ncert = \"$CERT\"\nkey = \"$KEY\"\n", ""},
+		{"[tls]\nmin_version = \"1.0\"\n", ""}, // no listener uses TLS
+	} {
+		c, err := ParseValid("t.toml", []byte(f.expand(validBase+tt.tls)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Join(c.Warnings(), "\n")
+		if tt.want == "" && got != "" || !strings.Contains(got, tt.want) {
+			t.Errorf("%s: warnings %q; want %q", tt.tls, got, tt.want)
+		}
 	}
 }
 
@@ -793,8 +911,13 @@ func TestTLSConfig(t *testing.T) {
 			t.Errorf("cleartext listener: %v, %v; want nil, nil", cfg, err)
 		}
 		cfg, err = Listener{Address: ":143", TLS: TLSStartTLS}.TLSConfig(TLS{Cert: f.cert, Key: f.key, MinVersion: "1.3"})
-		if err != nil || len(cfg.Certificates) != 1 || cfg.MinVersion != tls.VersionTLS13 {
+		if err != nil || cfg.GetCertificate == nil || cfg.MinVersion != tls.VersionTLS13 {
 			t.Errorf("starttls listener: %+v, %v", cfg, err)
+		}
+		cfg, err = Listener{Address: ":993", TLS: TLSImplicit}.TLSConfig(TLS{Cert: f.cert, Key: f.key, MinVersion: "1.0"})
+		if err != nil || cfg.MinVersion != tls.VersionTLS10 || !slices.Contains(cfg.CipherSuites, tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA) ||
+			!slices.Contains(cfg.CipherSuites, tls.TLS_RSA_WITH_AES_128_CBC_SHA) || slices.Contains(cfg.CipherSuites, tls.TLS_RSA_WITH_3DES_EDE_CBC_SHA) {
+			t.Errorf("legacy listener: %+v, %v", cfg, err)
 		}
 		if _, err := (Listener{Address: ":993", TLS: TLSImplicit}).TLSConfig(TLS{}); err == nil {
 			t.Error("implicit listener without cert: no error")
@@ -821,6 +944,31 @@ func TestTLSConfig(t *testing.T) {
 			t.Error("CA file without PEM: no error")
 		}
 	})
+}
+
+// TestKeyPairReload: a listener's configuration serves the pair last
+// loaded; a broken pair is refused and the old one kept (issue 18).
+func TestKeyPairReload(t *testing.T) {
+	f := writeTestFiles(t)
+	cfg, kp, err := Listener{Address: ":993", TLS: TLSImplicit, Cert: f.cert, Key: f.key}.ServerTLS(TLS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := cfg.GetCertificate(nil)
+	g := writeTestFiles(t) // another certificate
+	if err := kp.Reload(g.cert, g.key); err != nil {
+		t.Fatal(err)
+	}
+	second, _ := cfg.GetCertificate(nil)
+	if bytes.Equal(first.Certificate[0], second.Certificate[0]) {
+		t.Error("Reload did not change the certificate served")
+	}
+	if err := kp.Reload(f.cert, g.key); err == nil {
+		t.Error("Reload of a mismatched pair: no error")
+	}
+	if now, _ := cfg.GetCertificate(nil); !bytes.Equal(now.Certificate[0], second.Certificate[0]) {
+		t.Error("a failed Reload replaced the certificate")
+	}
 }
 
 // FuzzParse checks that no input crashes Parse or Validate, and that what

@@ -530,6 +530,7 @@ func classify(tok string) valueKind {
 type problem struct {
 	line int    // 0 if unknown
 	key  string // plain key (no indexes) it is about, if any
+	ikey string // the same with array indexes ("listener.0.tls")
 	msg  string // full text, with file:line
 }
 
@@ -577,8 +578,9 @@ func tomlFields(t reflect.Type) map[string]reflect.Type {
 
 // checkSchema checks every entry against Config's fields: unknown keys
 // (also those differing only in case, which toml.Decode would accept),
-// values of the wrong type, and durations that do not parse.
-func checkSchema(file string, entries []keyEntry) []problem {
+// values of the wrong type, array elements of the wrong type (looked up
+// in doc, the decoded document), and durations that do not parse.
+func checkSchema(file string, entries []keyEntry, doc map[string]any) []problem {
 	var ps []problem
 	reported := make(map[string]bool) // indexed keys reported; their children are skipped
 	add := func(e keyEntry, upto int, format string, args ...any) {
@@ -587,6 +589,7 @@ func checkSchema(file string, entries []keyEntry) []problem {
 		ps = append(ps, problem{
 			line: e.line,
 			key:  keyEntry{path: e.path[:upto+1]}.plain(),
+			ikey: k,
 			msg:  fmt.Sprintf("%s:%d: ", file, e.line) + fmt.Sprintf(format, args...),
 		})
 	}
@@ -636,9 +639,69 @@ entries:
 					add(e, i, "%s: %v", key, err)
 				}
 			}
+			if ft.Kind() == reflect.Slice && ft.Elem().Kind() != reflect.Struct {
+				elems, _ := lookup(doc, e.path).([]any)
+				want := expectedKind(ft.Elem())
+				for j, el := range elems {
+					if k := kindOf(el); k != want {
+						add(e, i, "%s.%d: want %s, found %s", key, j, describe(ft.Elem()), k)
+						break // the array is reported once, at its first bad element
+					}
+				}
+			}
 		}
 	}
 	return ps
+}
+
+// lookup returns the value at path in doc, a document as toml.Decode
+// gives it, or nil.
+func lookup(doc map[string]any, path []pathElem) any {
+	var v any = doc
+	for _, p := range path {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[p.name]
+		if p.index < 0 {
+			continue
+		}
+		switch a := v.(type) {
+		case []map[string]any:
+			if p.index >= len(a) {
+				return nil
+			}
+			v = a[p.index]
+		case []any:
+			if p.index >= len(a) {
+				return nil
+			}
+			v = a[p.index]
+		default:
+			return nil
+		}
+	}
+	return v
+}
+
+// kindOf is the kind of a value decoded by toml.Decode into an any.
+func kindOf(v any) valueKind {
+	switch v.(type) {
+	case string:
+		return kindString
+	case int64:
+		return kindInteger
+	case float64:
+		return kindFloat
+	case bool:
+		return kindBool
+	case map[string]any:
+		return kindTable
+	case []any, []map[string]any:
+		return kindArray
+	}
+	return kindDatetime
 }
 
 func expectedKind(t reflect.Type) valueKind {
@@ -746,12 +809,12 @@ outer:
 		for _, e := range entries {
 			if e.plain() == ks {
 				found = true
-				ps = append(ps, problem{line: e.line, key: ks,
+				ps = append(ps, problem{line: e.line, key: ks, ikey: e.indexed(),
 					msg: fmt.Sprintf("%s:%d: unknown key %q", file, e.line, e.indexed())})
 			}
 		}
 		if !found {
-			ps = append(ps, problem{key: ks, msg: fmt.Sprintf("%s: unknown key %q", file, ks)})
+			ps = append(ps, problem{key: ks, ikey: ks, msg: fmt.Sprintf("%s: unknown key %q", file, ks)})
 		}
 	}
 	return ps

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -25,6 +26,10 @@ const MaxMaxLine = 16 << 20
 // line of the enclosing table when the key itself is missing). It reads the
 // certificate, key and CA files named in c.
 func (c *Config) Validate() error {
+	return joinProblems(c.validate())
+}
+
+func (c *Config) validate() []problem {
 	v := &validator{c: c}
 	v.listeners()
 	v.tlsDefaults()
@@ -35,7 +40,7 @@ func (c *Config) Validate() error {
 	v.locks()
 	v.admin()
 	v.log()
-	return joinProblems(v.problems)
+	return v.problems
 }
 
 type validator struct {
@@ -54,7 +59,7 @@ func (v *validator) add(key, format string, args ...any) {
 	case v.c.file != "":
 		where = v.c.file + ": "
 	}
-	v.problems = append(v.problems, problem{line: line, key: key,
+	v.problems = append(v.problems, problem{line: line, key: key, ikey: key,
 		msg: where + key + ": " + fmt.Sprintf(format, args...)})
 }
 
@@ -85,7 +90,7 @@ func (v *validator) listeners() {
 	if len(c.Listeners) == 0 {
 		v.add("listener", "at least one [[listener]] is required")
 	}
-	addrs := make(map[string]int)
+	var bound []string // addresses of the listeners before, "" if bad
 	for i, l := range c.Listeners {
 		k := fmt.Sprintf("listener.%d", i)
 		for j, n := range l.TrustedProxies {
@@ -93,16 +98,24 @@ func (v *validator) listeners() {
 				v.add(fmt.Sprintf("%s.trusted_proxies.%d", k, j), "%q: want a network such as \"10.0.0.0/8\"", n)
 			}
 		}
+		addr := ""
 		switch err := checkHostPort(l.Address, false); {
 		case err != nil:
 			v.add(k+".address", "%v", err)
 		default:
-			if j, dup := addrs[l.Address]; dup {
-				v.add(k+".address", "%q is also listener.%d's address", l.Address, j)
-			} else {
-				addrs[l.Address] = i
+			addr = l.Address
+			for j, other := range bound {
+				if l.Address == other {
+					v.add(k+".address", "%q is also listener.%d's address", l.Address, j)
+					break
+				}
+				if why := overlaps(l.Address, other); why != "" {
+					v.add(k+".address", "%q %s listener.%d's %q: both cannot be bound", l.Address, why, j, other)
+					break
+				}
 			}
 		}
+		bound = append(bound, addr)
 		mode := l.TLSModeOrDefault()
 		if !mode.valid() {
 			v.add(k+".tls", "%q: want \"none\", \"starttls\" or \"implicit\"", l.TLS)
@@ -188,16 +201,87 @@ func checkHostPort(addr string, backend bool) error {
 }
 
 func (v *validator) metrics() {
-	if a := v.c.Metrics.Address; a != "" {
-		if err := checkHostPort(a, false); err != nil {
-			v.add("metrics.address", "%v", err)
+	a := v.c.Metrics.Address
+	if a == "" {
+		return
+	}
+	if err := checkHostPort(a, false); err != nil {
+		v.add("metrics.address", "%v", err)
+		return
+	}
+	for i, l := range v.c.Listeners {
+		if a == l.Address {
+			v.add("metrics.address", "%q is also listener.%d's address", a, i)
+			return
+		}
+		if why := overlaps(a, l.Address); why != "" {
+			v.add("metrics.address", "%q %s listener.%d's %q: both cannot be bound", a, why, i, l.Address)
+			return
 		}
 	}
 }
 
+// overlaps says why two listening addresses (checked by checkHostPort)
+// cannot both be bound, or "". On one port, an address on all interfaces
+// ("", 0.0.0.0, ::; Go listens on both IPv4 and IPv6 for any of them)
+// takes every other address, and an address takes itself. Host names
+// other than localhost are compared as written: they are not resolved.
+func overlaps(a, b string) string {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return ""
+	}
+	wa, wb := isWildcard(ha), isWildcard(hb)
+	switch {
+	case wa && wb:
+		return "is the same port on all interfaces as"
+	case wa:
+		return "(all interfaces) takes the port of"
+	case wb:
+		return "is taken by"
+	}
+	if sameHost(ha, hb) {
+		return "is the same address as"
+	}
+	return ""
+}
+
+func isWildcard(host string) bool {
+	if host == "" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsUnspecified()
+}
+
+func sameHost(a, b string) bool {
+	norm := func(h string) []netip.Addr {
+		if strings.EqualFold(h, "localhost") {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			return []netip.Addr{ip.Unmap()}
+		}
+		return nil
+	}
+	na, nb := norm(a), norm(b)
+	if na == nil || nb == nil {
+		return strings.EqualFold(a, b)
+	}
+	for _, x := range na {
+		if slices.Contains(nb, x) {
+			return true
+		}
+	}
+	return false
+}
+
 func (v *validator) tlsDefaults() {
-	if mv := v.c.TLS.MinVersion; mv != "" && mv != "1.2" && mv != "1.3" {
-		v.add("tls.min_version", "%q: want \"1.2\" or \"1.3\"", mv)
+	if mv := v.c.TLS.MinVersion; mv != "" {
+		if _, err := tlsVersion(mv); err != nil {
+			v.add("tls.min_version", "%v", err)
+		}
 	}
 }
 
@@ -267,7 +351,7 @@ func (v *validator) backends() (names, templates map[string]bool) {
 			}
 			continue
 		}
-		if _, err := tlsVersion(b.MinVersionOrDefault(), true); err != nil {
+		if _, err := tlsVersion(b.MinVersionOrDefault()); err != nil {
 			v.add(k+".min_version", "%v", err)
 		}
 		if b.CAFile != "" {
@@ -367,6 +451,22 @@ func (v *validator) limits() {
 	}
 	if set("expansion_floor", l.ExpansionFloor == 0) && (l.ExpansionFloor < MinExpansionFloor || l.ExpansionFloor > MaxExpansionFloor) {
 		v.add("limits.expansion_floor", "%d: want %d to %d", l.ExpansionFloor, MinExpansionFloor, MaxExpansionFloor)
+	}
+	// Written as 0 (or less), these would silently take their defaults:
+	// refused, so that what check-config prints is what runs.
+	for _, b := range []struct {
+		key string
+		n   int
+	}{{"max_connections", l.MaxConnections}, {"max_connections_per_ip", l.MaxConnectionsPerIP}} {
+		if set(b.key, b.n == 0) && b.n < 1 {
+			v.add("limits."+b.key, "%d: must be at least 1", b.n)
+		}
+	}
+	if set("drain_timeout", l.DrainTimeout.Duration == 0) && l.DrainTimeout.Duration <= 0 {
+		v.add("limits.drain_timeout", "%s: must be positive (clients get BYE, then this long to go before they are cut off; \"1s\" for a quick stop)", l.DrainTimeout)
+	}
+	if set("auth_failure_delay", l.AuthFailureDelay.Duration == 0) && l.AuthFailureDelay.Duration <= 0 {
+		v.add("limits.auth_failure_delay", "%s: must be positive", l.AuthFailureDelay)
 	}
 	for _, b := range []struct {
 		key string

@@ -256,6 +256,27 @@ address = %q
 	if strings.Contains(out, testUsers["alice"]) {
 		t.Errorf("password in log")
 	}
+	// Issue 18: alice's session end says why it ended, how she logged
+	// in, over what, for how long (in ms), each key once.
+	var end string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, `"message":"session end"`) && strings.Contains(l, `"user":"alice"`) {
+			end = l
+		}
+	}
+	for _, want := range []string{`"reason":"shutdown"`, `"bye":"[UNAVAILABLE] uidgate is shutting down"`, `"auth":"LOGIN"`, `"tls":"none"`, `"duration_ms":`} {
+		if !strings.Contains(end, want) {
+			t.Errorf("session end line lacks %s: %s", want, end)
+		}
+	}
+	for _, k := range []string{`"user":`, `"backend":`, `"cid":`} {
+		if n := strings.Count(end, k); n != 1 {
+			t.Errorf("%s %d times in %s", k, n, end)
+		}
+	}
+	if !strings.Contains(out, `"login_ms":`) {
+		t.Errorf("no login_ms in the log")
+	}
 }
 
 // metricValue finds an unlabelled sample in a Prometheus text exposition.

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -239,4 +243,164 @@ func TestSlowReaderHoldsNoLock(t *testing.T) {
 	if !waitFor(sessionEnd, func() bool { return g.Srv.ActiveSessions() == 0 }) {
 		t.Fatalf("%d sessions left after Shutdown's context ended", g.Srv.ActiveSessions())
 	}
+}
+
+// Issue 18: the process's own life, run as the binary.
+
+// runUidgate runs the binary to its end, bounded by d, and returns its
+// exit code, output and how long it ran.
+func runUidgate(t *testing.T, bin string, d time.Duration, args ...string) (int, string, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	t0 := time.Now()
+	out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+	took := time.Since(t0)
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out), took
+	case ctx.Err() != nil:
+		t.Fatalf("uidgate %q still running after %v:\n%s", args, d, out)
+	case errors.As(err, &ee):
+		return ee.ExitCode(), string(out), took
+	}
+	t.Fatalf("uidgate %q: %v", args, err)
+	return 0, "", 0
+}
+
+// gateTOML is a configuration with one plain listener, one backend and
+// a default route to it, and [metrics] if metrics is set.
+func gateTOML(listen, backend, metrics string) string {
+	s := fmt.Sprintf("[[listener]]\naddress = %q\n\n[[backend]]\nname = \"b\"\naddress = %q\ndial_timeout = \"2s\"\n\n[[route]]\ndefault = true\nbackend = \"b\"\n", listen, backend)
+	if metrics != "" {
+		s += fmt.Sprintf("\n[metrics]\naddress = %q\n", metrics)
+	}
+	return s
+}
+
+func writeTemp(t *testing.T, name, text string) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(file, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// TestServeStartFailure: a listener that cannot be bound while [metrics]
+// is set made the process hang for ever, /healthz answering 200; any
+// start-up failure now exits 1 at once. A configuration path given
+// twice, or two of them, is a usage error (2).
+func TestServeStartFailure(t *testing.T) {
+	bin := buildUidgate(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg := writeTemp(t, "taken.toml", gateTOML(taken.Addr().String(), "127.0.0.1:1", freePort(t)))
+	code, out, took := runUidgate(t, bin, 20*time.Second, "serve", cfg)
+	if code != 1 || !strings.Contains(out, "address already in use") || took > 10*time.Second {
+		t.Errorf("serve with its listener's port taken: exit %d after %v:\n%s", code, took, out)
+	}
+	for _, args := range [][]string{{"serve", cfg, cfg}, {"serve", "-config", cfg, cfg}, {"check-config"}} {
+		if code, out, _ := runUidgate(t, bin, 20*time.Second, args...); code != 2 || !strings.Contains(out, "usage:") {
+			t.Errorf("uidgate %q: exit %d:\n%s", args, code, out)
+		}
+	}
+}
+
+// TestServeFileAndReload: `uidgate serve FILE` serves FILE (it ran the
+// built-in default), and after SIGHUP /readyz probes the backends of the
+// new file (it probed those known at start for ever).
+func TestServeFileAndReload(t *testing.T) {
+	bin := buildUidgate(t)
+	// A backend for readiness: anything that accepts a connection.
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	listen, metrics := freePort(t), freePort(t)
+	cfg := writeTemp(t, "uidgate.toml", gateTOML(listen, "127.0.0.1:1", metrics))
+	logs := &syncBuffer{}
+	cmd := exec.Command(bin, "serve", cfg)
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var exitErr error
+	go func() { exitErr = cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("uidgate log:\n%s", tailString(logs.String(), 4000))
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.Dial("tcp", listen)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("`uidgate serve FILE` does not listen on FILE's %s: %v", listen, err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling start-up
+	}
+	if code, body := getReadyz(t, metrics); code != 503 || !strings.Contains(body, "no backend reachable") {
+		t.Errorf("/readyz with the only backend down: %d %q", code, body)
+	}
+	os.WriteFile(cfg, []byte(gateTOML(listen, up.Addr().String(), metrics)), 0o600)
+	cmd.Process.Signal(syscall.SIGHUP)
+	if !waitFor(20*time.Second, func() bool { return strings.Contains(logs.String(), "configuration reloaded") }) {
+		t.Fatal("no reload")
+	}
+	if code, body := getReadyz(t, metrics); code != 200 {
+		t.Errorf("/readyz after SIGHUP to a reachable backend: %d %q", code, body)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		if exitErr != nil {
+			t.Errorf("exit after SIGTERM: %v", exitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+}
+
+// TestProxyHeaderToPlainBackend: proxy_protocol = "v2" towards a real
+// server not set up for it held each login 30 s; the dial timeout bounds
+// it now, and the log says what is likely wrong.
+func TestProxyHeaderToPlainBackend(t *testing.T) {
+	eachKind(t, allKinds, func(t *testing.T, kind string) {
+		be := startBackend(t, kind)
+		b := deployedBackend(kind, be.Addr)
+		b.ProxyProtocol, b.DialTimeout = 2, 2*time.Second
+		g := startGate(t, gateOpts{backend: b})
+		rc := dialRaw(t, g.Addr)
+		t0 := time.Now()
+		rc.send("L LOGIN alice " + testUsers["alice"])
+		l := rc.until("L")
+		if took := time.Since(t0); !strings.HasPrefix(l, "L NO [UNAVAILABLE]") || took > 6*time.Second {
+			t.Errorf("login via a PROXY v2 header the backend does not expect: %q after %v", l, took)
+		}
+		if !strings.Contains(g.Logs.String(), "PROXY v2 header") {
+			t.Errorf("the log does not name the PROXY header:\n%s", tailString(g.Logs.String(), 2000))
+		}
+	})
 }

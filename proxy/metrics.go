@@ -22,6 +22,7 @@ type Metrics struct {
 	bytes            *prometheus.CounterVec
 	dial             *prometheus.HistogramVec
 	upstreamErrors   *prometheus.CounterVec
+	tlsFailures      *prometheus.CounterVec
 }
 
 // NewMetrics creates the collectors and registers them with reg.
@@ -65,9 +66,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		upstreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "uidgate_upstream_errors_total", Help: "Backend dial or login failures.",
 		}, []string{"backend"}),
+		tlsFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "uidgate_tls_handshake_failures_total", Help: "Client TLS handshakes that failed after a ClientHello (implicit TLS or STARTTLS).",
+		}, []string{"listener"}),
 	}
 	reg.MustRegister(m.sessionsActive, m.sessionsTotal, m.logins, m.commands, m.expungesHeld,
-		m.expungesReleased, m.resyncs, m.lockWait, m.lockTimeouts, m.bytes, m.dial, m.upstreamErrors)
+		m.expungesReleased, m.resyncs, m.lockWait, m.lockTimeouts, m.bytes, m.dial, m.upstreamErrors, m.tlsFailures)
 	return m
 }
 
@@ -152,4 +156,11 @@ func (m *Metrics) lockWaited(d time.Duration, timedOut bool) {
 	if timedOut {
 		m.lockTimeouts.Inc()
 	}
+}
+
+func (m *Metrics) tlsFailure(listener string) {
+	if m == nil {
+		return
+	}
+	m.tlsFailures.WithLabelValues(listener).Inc()
 }

@@ -75,15 +75,21 @@ func TestClientAddressThrough(t *testing.T) {
 		t.Errorf("PROXY header to the backend: %q", pp)
 	}
 	io.WriteString(b, "* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] hi\r\n")
+	// After a PROXY header, a CAPABILITY within the dial timeout shows
+	// the backend read it as one (upstream.checkProxyHeader).
+	if capa, _ := br.ReadString('\n'); capa != "ug1 CAPABILITY\r\n" {
+		t.Errorf("after the greeting: %q", capa)
+	}
+	io.WriteString(b, "* CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR\r\nug1 OK done\r\n")
 	id, _ := br.ReadString('\n')
-	if !strings.HasPrefix(id, `ug1 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "5555" "x-connected-ip" "127.0.0.1"`) {
+	if !strings.HasPrefix(id, `ug2 ID ("x-originating-ip" "192.0.2.7" "x-originating-port" "5555" "x-connected-ip" "127.0.0.1"`) {
 		t.Errorf("ID to the backend: %q", id)
 	}
-	io.WriteString(b, "ug1 OK ID done\r\n")
-	if auth, _ := br.ReadString('\n'); !strings.HasPrefix(auth, "ug2 AUTHENTICATE PLAIN") {
+	io.WriteString(b, "ug2 OK ID done\r\n")
+	if auth, _ := br.ReadString('\n'); !strings.HasPrefix(auth, "ug3 AUTHENTICATE PLAIN") {
 		t.Errorf("after ID: %q", auth)
 	}
-	io.WriteString(b, "ug2 OK [CAPABILITY IMAP4rev1] in\r\n")
+	io.WriteString(b, "ug3 OK [CAPABILITY IMAP4rev1] in\r\n")
 	if l, _ := r.ReadString('\n'); !strings.HasPrefix(l, "a OK") {
 		t.Fatalf("login: %q", l)
 	}

@@ -222,9 +222,9 @@ func (ss *session) relay(ctx context.Context) {
 	clientDone := make(chan struct{})
 	go func() {
 		defer close(clientDone)
-		end("client", ss.clientToUpstream(rs))
+		end("client", ss.relayEnded(fromClient, ss.clientToUpstream(rs)))
 	}()
-	end("backend", ss.upstreamToClient(rs))
+	end("backend", ss.relayEnded(fromBackend, ss.upstreamToClient(rs)))
 	<-clientDone
 	rs.mu.Lock()
 	rs.ended = true

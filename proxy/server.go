@@ -18,6 +18,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 
 	"uidgate/proxy/imapwire"
 	"uidgate/proxy/locks"
@@ -128,6 +129,14 @@ type Server struct {
 	wg        sync.WaitGroup
 	shutdown  atomic.Bool
 	nextID    atomic.Uint64
+
+	// tlsConfigs: each listener's TLS configuration with the ClientHello
+	// noted (tlsServer); hellos: the ClientHello seen on each connection
+	// in a handshake; handshakeLog bounds the lines of failed handshakes.
+	tlsConfigs             map[*tls.Config]*tls.Config
+	hellos                 sync.Map // net.Conn → *helloInfo
+	handshakeLog           *rate.Limiter
+	handshakeLogSuppressed atomic.Uint64
 }
 
 // proxyHeaderTimeout bounds the wait for a PROXY protocol header.
@@ -276,8 +285,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn, l Listener) {
 		if p := recover(); p != nil {
 			// One session's bug must not take down the others.
 			ss.log.Error().Interface("panic", p).Bytes("stack", debug.Stack()).Msg("session panic")
+			ss.ending(reasonInternal, "")
 			ss.closeAll()
 		}
+		ss.logEnd()
 	}()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -333,7 +344,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		byes.Add(1)
 		go func() {
 			defer byes.Done()
-			ss.bye("[UNAVAILABLE] uidgate is shutting down")
+			const bye = "[UNAVAILABLE] uidgate is shutting down"
+			ss.ending(reasonShutdown, bye)
+			ss.bye(bye)
 		}()
 	}
 	done := make(chan struct{})

@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -85,6 +84,7 @@ type session struct {
 	bytesIn, bytesOut atomic.Int64 // client→uidgate, uidgate→client
 	closeOnce         sync.Once
 	view              sessionView // what the admin view shows (admin.go)
+	info              sessionInfo // for the "session end" line (sessionlog.go)
 }
 
 func newSession(s *Server, c net.Conn, l Listener) *session {
@@ -103,7 +103,7 @@ func newSession(s *Server, c net.Conn, l Listener) *session {
 		done:       make(chan struct{}),
 	}
 	ss.ctx, ss.cancelCtx = context.WithCancel(context.Background())
-	ss.log = s.logger().With().Uint64("cid", id).Str("remote", ss.remote).Str("listener", l.Name).Logger()
+	ss.log = s.logger().With().Str("cid", cid(id)).Str("remote", ss.remote).Str("listener", l.Name).Logger()
 	ss.cr = imapwire.NewReader(c, s.maxLine())
 	ss.cw = newSyncWriter(c)
 	return ss
@@ -263,6 +263,7 @@ func (ss *session) closeAll() {
 
 // bye tells the client the session ends and closes it.
 func (ss *session) bye(text string) {
+	ss.ending(byeReason(text), text)
 	ss.sendf("* BYE %s", text)
 	ss.lingerClose()
 }
@@ -293,20 +294,11 @@ func (ss *session) lingerClose() {
 
 func (ss *session) run(ctx context.Context) {
 	ss.log.Debug().Msg("connect")
-	defer func() {
-		ss.closeAll()
-		ev := ss.log.Info()
-		if ss.user != "" {
-			ev = ev.Str("user", ss.user).Str("backend", ss.backend)
-		}
-		ev.Int64("bytes_in", ss.bytesIn.Load()).Int64("bytes_out", ss.bytesOut.Load()).
-			Dur("duration", time.Since(ss.start)).Msg("session end")
-	}()
+	defer ss.closeAll() // ServeConn logs "session end"
 	if ss.lis.TLS == upstream.TLSImplicit {
 		ss.conn.SetDeadline(time.Now().Add(ss.srv.preauthTimeout()))
-		tc := tls.Server(ss.conn, ss.lis.TLSConfig)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			ss.log.Debug().Err(err).Msg("TLS handshake failed")
+		tc, ok := ss.handshake(ctx)
+		if !ok {
 			return
 		}
 		ss.setConn(tc)
@@ -386,6 +378,7 @@ func (ss *session) preauth(ctx context.Context) bool {
 		case imapwire.EqualFold(name, "NOOP") && d.EOL():
 			ss.sendf("%s OK NOOP completed", t)
 		case imapwire.EqualFold(name, "LOGOUT") && d.EOL():
+			ss.ending(reasonLogout, "")
 			ss.sendf("* BYE uidgate logging out")
 			ss.sendf("%s OK LOGOUT completed", t)
 			return false
@@ -413,6 +406,7 @@ func (ss *session) preauth(ctx context.Context) bool {
 				ss.sendf("%s NO [PRIVACYREQUIRED] LOGIN needs STARTTLS first", t)
 				continue
 			}
+			ss.info.auth = "LOGIN"
 			if ss.login(ctx, t, user, pass) {
 				return true
 			}
@@ -438,6 +432,7 @@ func (ss *session) preauth(ctx context.Context) bool {
 			if !alive {
 				return false
 			}
+			ss.info.auth = "AUTHENTICATE " + strings.ToUpper(string(mech))
 			if ok && ss.login(ctx, t, user, pass) {
 				return true
 			}
@@ -594,9 +589,8 @@ func (ss *session) startTLS(ctx context.Context, tag string) bool {
 		ss.bye("Data after STARTTLS")
 		return false
 	}
-	tc := tls.Server(ss.conn, ss.lis.TLSConfig)
-	if err := tc.HandshakeContext(ctx); err != nil {
-		ss.log.Debug().Err(err).Msg("STARTTLS handshake failed")
+	tc, ok := ss.handshake(ctx)
+	if !ok {
 		return false
 	}
 	ss.setConn(tc)
@@ -749,7 +743,7 @@ func (ss *session) login(ctx context.Context, tag, user, pass string) bool {
 	ss.cyrusNamespace = b.CyrusNamespace
 	ss.ignoreOutOfRange = b.IgnoreOutOfRange
 	ss.log = log
-	log.Info().Dur("login", time.Since(t0)).Msg("logged in")
+	log.Info().Str("auth", ss.info.auth).Int64("login_ms", time.Since(t0).Milliseconds()).Msg("logged in")
 	ss.srv.Metrics.login(b.Name, "ok", time.Since(t0))
 	ss.srv.loginSucceeded(ss.ip)
 	caps := rules.ClientCaps(up.Caps)

@@ -66,6 +66,7 @@ func (ss *session) watchClient(buffered int) (stop func()) {
 		})
 		if gone && err == nil {
 			ss.log.Debug().Msg("client gone while its session waited")
+			ss.ending(reasonClientGone, "")
 			ss.closeAll()
 		}
 	}()

@@ -85,6 +85,9 @@ type Conn struct {
 	tagN   int
 	TLSOn  bool
 	client Client
+	// strict: an untagged BAD, or a tagged answer to a command uidgate
+	// did not send, is an error (checkProxyHeader).
+	strict bool
 }
 
 // Client identifies the client a backend connection is made for.
@@ -136,6 +139,12 @@ func Dial(ctx context.Context, b *Backend, client Client) (*Conn, error) {
 		c.Conn.Close()
 		return nil, err
 	}
+	if b.ProxyProtocol != 0 && b.TLS == TLSNone {
+		if err := c.checkProxyHeader(); err != nil {
+			c.Conn.Close()
+			return nil, err
+		}
+	}
 	if b.TLS == TLSStartTLS {
 		if err := c.startTLS(ctx); err != nil {
 			c.Conn.Close()
@@ -144,6 +153,24 @@ func Dial(ctx context.Context, b *Backend, client Client) (*Conn, error) {
 	}
 	c.Conn.SetDeadline(time.Time{})
 	return c, nil
+}
+
+// checkProxyHeader asks for the capabilities right after the greeting of
+// a backend sent a PROXY header, within the dial deadline. A backend that
+// does not expect the header greets all the same (before reading) and
+// then takes its bytes for the start of the next command, which it
+// answers under a tag that is not uidgate's, if at all: without this the
+// login would wait for its answer until loginTimeout (issue 18). A
+// backend that takes the header answers at once; its capabilities save
+// Login the same command. (Over TLS, the header breaks the handshake,
+// which the dial deadline bounds already.)
+func (c *Conn) checkProxyHeader() error {
+	c.strict = true
+	defer func() { c.strict = false }()
+	if _, err := c.command("CAPABILITY", nil); err != nil {
+		return fmt.Errorf("%w (does %s accept a PROXY v%d header from uidgate?)", err, c.Backend.Address, c.Backend.ProxyProtocol)
+	}
+	return nil
 }
 
 func (b *Backend) tlsConfig() *tls.Config {
@@ -229,6 +256,8 @@ func (c *Conn) command(line string, cont func(text []byte) (string, error)) (Sta
 				c.Caps = strings.Fields(string(r.CodeArgs))
 			} else if imapwire.EqualFold(r.Name, "BYE") {
 				return Status{}, fmt.Errorf("%w: BYE %s", ErrUnavailable, r.Text)
+			} else if c.strict && imapwire.EqualFold(r.Name, "BAD") {
+				return Status{}, fmt.Errorf("%w: %s answered %q", ErrUnavailable, c.Backend.Address, imapwire.TrimEOL(l))
 			}
 			if r.MayAnnounceLiteral() {
 				if lit, ok := imapwire.TrailingLiteral(l); ok {
@@ -240,6 +269,9 @@ func (c *Conn) command(line string, cont func(text []byte) (string, error)) (Sta
 			}
 		case imapwire.RespTagged:
 			if string(r.Tag) != tag {
+				if c.strict {
+					return Status{}, fmt.Errorf("%w: %s answered %q to %s", ErrUnavailable, c.Backend.Address, imapwire.TrimEOL(l), tag)
+				}
 				continue
 			}
 			st := Status{Name: strings.ToUpper(string(r.Name)), Text: string(r.Text)}

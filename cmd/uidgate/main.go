@@ -1,6 +1,7 @@
 // Command uidgate runs the IMAP proxy.
 //
-//	uidgate serve [-config FILE]   serve (the embedded default config if no file)
+//	uidgate serve [FILE]           serve (the embedded default config if no file;
+//	                               also -config FILE or -c FILE)
 //	uidgate check-config FILE      validate FILE and print the effective config
 //	uidgate demo                   show the failures uidgate prevents
 //	uidgate check-server -addr HOST:PORT -user NAME [flags]
@@ -27,7 +28,8 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  uidgate serve [-config FILE]   run the proxy (built-in default config if no file)
+  uidgate serve [FILE]           run the proxy (built-in default config if no file;
+                                 -config FILE and -c FILE work too)
   uidgate check-config FILE      validate FILE; print the effective config or every error
   uidgate demo                   run the legacy-server scenarios direct and through uidgate
   uidgate check-server -addr HOST:PORT -user NAME [-pass P] [-lmtp ADDR] [-rounds N]
@@ -45,25 +47,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "serve":
-		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-		fs.SetOutput(stderr)
-		file := fs.String("config", "", "configuration file (TOML); the built-in default if empty")
-		if err := fs.Parse(args[1:]); err != nil {
+		file, ok := configArg("serve", args[1:], false, stderr)
+		if !ok {
 			return 2
 		}
 		ctx, stop := signalContext()
 		defer stop()
-		if err := serve(ctx, *file, stderr); err != nil {
+		if err := serve(ctx, file, stderr); err != nil {
 			fmt.Fprintln(stderr, "uidgate:", err)
 			return 1
 		}
 		return 0
 	case "check-config":
-		if len(args) != 2 {
-			usage(stderr)
+		file, ok := configArg("check-config", args[1:], true, stderr)
+		if !ok {
 			return 2
 		}
-		return checkConfig(args[1], stdout, stderr)
+		return checkConfig(file, stdout, stderr)
 	case "demo":
 		ctx, stop := signalContext()
 		defer stop()
@@ -85,6 +85,50 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "uidgate: unknown command %q\n", args[0])
 	usage(stderr)
 	return 2
+}
+
+// configArg reads the configuration file of serve and check-config from
+// args: "FILE", "-config FILE" or "-c FILE", at most one of them. Without
+// one, serve runs the built-in default; check-config needs one (required).
+// On a usage error it says what is wrong and returns false.
+func configArg(cmd string, args []string, required bool, stderr io.Writer) (string, bool) {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var file string
+	const help = "configuration file (TOML); the same as giving FILE after the flags"
+	fs.StringVar(&file, "config", "", help)
+	fs.StringVar(&file, "c", "", help+" (short for -config)")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: uidgate %s [-config] FILE\n", cmd)
+		if !required {
+			fmt.Fprintf(stderr, "       uidgate %s              (the built-in default configuration)\n", cmd)
+		}
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return "", false
+	}
+	switch rest := fs.Args(); {
+	case len(rest) > 1 || len(rest) == 1 && file != "" || len(setFlags(fs)) > 1:
+		fmt.Fprintf(stderr, "uidgate %s: one configuration file, not %q\n", cmd, append(setFlags(fs), rest...))
+		fs.Usage()
+		return "", false
+	case len(rest) == 1:
+		file = rest[0]
+	}
+	if file == "" && required {
+		fmt.Fprintf(stderr, "uidgate %s: which file?\n", cmd)
+		fs.Usage()
+		return "", false
+	}
+	return file, true
+}
+
+// setFlags lists the values of the flags set in fs.
+func setFlags(fs *flag.FlagSet) []string {
+	var v []string
+	fs.Visit(func(f *flag.Flag) { v = append(v, f.Value.String()) })
+	return v
 }
 
 // signalContext ends on SIGINT or SIGTERM.

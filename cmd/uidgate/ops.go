@@ -30,6 +30,11 @@ type ops struct {
 	metrics  *proxy.Metrics
 	registry *prometheus.Registry
 	bound    atomic.Bool // every listener is bound
+	// stopped, once set, says why a listener no longer serves (it failed,
+	// or uidgate is shutting down): /healthz and /readyz answer 503.
+	stopped atomic.Pointer[string]
+	// backends returns the addresses of the backends in force (those of
+	// the last reload).
 	backends func() []string
 	// locks, if set, adds etcd's reachability ([locks] backend = "etcd").
 	locks *lockReadiness
@@ -52,7 +57,11 @@ func (o *ops) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(o.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Write([]byte("ok\n")) // the process is up
+		if ok, why := o.isHealthy(); !ok {
+			http.Error(w, "unhealthy: "+why, http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n")) // the process is up, every listener serving
 	})
 	if o.admin != nil {
 		mux.Handle("/admin/", o.admin)
@@ -71,11 +80,34 @@ func (o *ops) handler() http.Handler {
 	return mux
 }
 
-// isReady: listeners bound, at least one backend accepts a connection,
-// and etcd answers if the locks live there (note says what is wrong).
-func (o *ops) isReady(ctx context.Context) (bool, string) {
+// down records that a listener stopped serving, and why; the first
+// reason stays.
+func (o *ops) down(why string) { o.stopped.CompareAndSwap(nil, &why) }
+
+// invalidate forgets the cached readiness (after a reload).
+func (o *ops) invalidate() {
+	o.mu.Lock()
+	o.checked = time.Time{}
+	o.mu.Unlock()
+}
+
+// isHealthy: every listener bound and serving.
+func (o *ops) isHealthy() (bool, string) {
+	if why := o.stopped.Load(); why != nil {
+		return false, *why
+	}
 	if !o.bound.Load() {
 		return false, "listeners not bound"
+	}
+	return true, ""
+}
+
+// isReady: healthy, at least one backend (of those in force) accepts a
+// connection, and etcd answers if the locks live there (note says what
+// is wrong).
+func (o *ops) isReady(ctx context.Context) (bool, string) {
+	if ok, why := o.isHealthy(); !ok {
+		return false, why
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
