@@ -177,6 +177,30 @@ func startServe(t *testing.T, bin, config string) (*exec.Cmd, *syncBuffer) {
 	return cmd, logs
 }
 
+// serveConfig is `uidgate serve`'s configuration in the etcd tests: one
+// listener, one backend (the default route), [locks] in etcd with the
+// settings in locks (TOML lines), and the metrics listener.
+func serveConfig(listen, backend, metrics, locks string) string {
+	return fmt.Sprintf(`
+[[listener]]
+address = %q
+
+[[backend]]
+name = "fake"
+address = %q
+
+[[route]]
+default = true
+backend = "fake"
+
+[locks]
+backend = "etcd"
+%s
+[metrics]
+address = %q
+`, listen, backend, locks, metrics)
+}
+
 // getReadyz returns /readyz's status and body.
 func getReadyz(t *testing.T, addr string) (int, string) {
 	t.Helper()
@@ -209,27 +233,10 @@ func TestEtcdInstanceKilled(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
 	fake := startStallServer(t)
 	listen, metrics := freePort(t), freePort(t)
-	a, _ := startServe(t, bin, fmt.Sprintf(`
-[[listener]]
-address = %q
-
-[[backend]]
-name = "fake"
-address = %q
-
-[[route]]
-default = true
-backend = "fake"
-
-[locks]
-backend = "etcd"
-endpoints = [%q]
+	a, _ := startServe(t, bin, serveConfig(listen, fake.ln.Addr().String(), metrics, fmt.Sprintf(`endpoints = [%q]
 prefix = "/t/killed/"
 lease_ttl = "5s"
-
-[metrics]
-address = %q
-`, listen, fake.ln.Addr(), etcd.Endpoints()[0], metrics))
+`, etcd.Endpoints()[0])))
 
 	ca := dialIMAP(t, listen)
 	if got := ca.cmd("a1", "LOGIN alice x"); !strings.HasPrefix(got, "a1 OK") {
@@ -289,26 +296,8 @@ func TestEtcdReadyz(t *testing.T) {
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			listen, metrics := freePort(t), freePort(t)
-			startServe(t, bin, fmt.Sprintf(`
-[[listener]]
-address = %q
-
-[[backend]]
-name = "fake"
-address = %q
-
-[[route]]
-default = true
-backend = "fake"
-
-[locks]
-backend = "etcd"
-endpoints = [%q]
-on_unavailable = %q
-
-[metrics]
-address = %q
-`, listen, fake.ln.Addr(), dead, tc.mode, metrics))
+			startServe(t, bin, serveConfig(listen, fake.ln.Addr().String(), metrics,
+				fmt.Sprintf("endpoints = [%q]\non_unavailable = %q\n", dead, tc.mode)))
 			c := dialIMAP(t, listen)
 			c.cmd("r1", "LOGIN alice x")
 			c.cmd("r2", "SELECT INBOX")
