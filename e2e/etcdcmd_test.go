@@ -259,7 +259,7 @@ lease_ttl = "5s"
 	a.Process.Signal(syscall.SIGKILL)
 	killed := time.Now()
 
-	lm, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/killed/"))
+	lm, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/killed/"))
 	b := startGate(t, gateOpts{backend: upstream.Backend{Name: "fake", Address: fake.ln.Addr().String()}, locks: lm})
 	cb := dialIMAP(t, b.Addr)
 	cb.cmd("b1", "LOGIN alice x")

@@ -41,23 +41,17 @@ func TestEtcdPartition(t *testing.T) {
 	be := startBackend(t, "dovecot")
 	deployed := deployedBackend("dovecot", be.Addr)
 	etcd := etcdtest.Start(t, 1)
-	for _, tc := range []struct {
-		name string
-		cut  func(*etcdtest.Proxy)
-	}{
-		{"black hole", (*etcdtest.Proxy).Blackhole},
-		{"reset", (*etcdtest.Proxy).Reset},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			slug := strings.ReplaceAll(tc.name, " ", "-")
+	for _, tc := range etcdtest.Partitions {
+		t.Run(tc.Name, func(t *testing.T) {
+			slug := strings.ReplaceAll(tc.Name, " ", "-")
 			pfx, box := "/t/partition-"+slug+"/", "partition-"+slug
 			proxy := etcd.Proxy(t, etcd.Members[0])
 			parted := etcdlockConfig([]string{proxy.URL}, pfx)
-			ma, _ := newEtcdLocksCfg(t, parted)
-			ms, _ := newEtcdLocksCfg(t, parted)
+			ma, _ := etcdtest.NewManager(t, parted)
+			ms, _ := etcdtest.NewManager(t, parted)
 			parted.Proceed = true
-			mc, _ := newEtcdLocksCfg(t, parted)
-			mb, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), pfx))
+			mc, _ := etcdtest.NewManager(t, parted)
+			mb, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), pfx))
 			a := startGate(t, gateOpts{backend: deployed, locks: ma})
 			b := startGate(t, gateOpts{backend: deployed, locks: mb})
 			c := startGate(t, gateOpts{backend: deployed, locks: mc})
@@ -93,7 +87,7 @@ func TestEtcdPartition(t *testing.T) {
 				t.Fatal("S's STORE never reached the backend")
 			}
 
-			tc.cut(proxy)
+			tc.Cut(proxy)
 			cut := time.Now()
 			// A: STOREs refused until A knows its lease lost, and after.
 			bound := testLeaseTTL + parted.OpTimeout

@@ -83,7 +83,7 @@ func TestEtcdTwoGates(t *testing.T) {
 
 	var shared []locks.Manager
 	for range 2 {
-		m, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/twogates/"))
+		m, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/twogates/"))
 		shared = append(shared, m)
 	}
 	g1 := startGate(t, gateOpts{backend: deployed, locks: shared[0], serialization: policy})
@@ -162,8 +162,8 @@ func TestEtcdTwoGatesSimulator(t *testing.T) {
 	mem := runB(m1, m2)
 	t.Logf("memory locks, 2 instances: %v", mem)
 
-	e1, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
-	e2, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
+	e1, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
+	e2, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
 	g1 := startGate(t, gateOpts{backend: backend, locks: e1, serialization: policy})
 	g2 := startGate(t, gateOpts{backend: backend, locks: e2, serialization: policy})
 	shared := runB(g1, g2)

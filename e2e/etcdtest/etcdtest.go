@@ -71,6 +71,9 @@ type Cluster struct {
 	RootPassword string
 	dir          string
 	clientTLS    *tls.Config // for the harness's own connections
+
+	adminMu  sync.Mutex
+	adminCli *clientv3.Client // see admin
 }
 
 // Member is one etcd server of a Cluster.
@@ -328,16 +331,20 @@ func (c *Cluster) waitHealthy(ms []*Member) error {
 // closed at the test's end.
 func (c *Cluster) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints: c.Endpoints(), TLS: c.clientTLS, DialTimeout: opTimeout,
-		Username: rootIf(c.RootPassword), Password: c.RootPassword,
-		Logger: zap.NewNop(),
-	})
+	cli, err := c.newClient()
 	if err != nil {
 		t.Fatalf("etcdtest: client: %v", err)
 	}
 	t.Cleanup(func() { cli.Close() })
 	return cli
+}
+
+func (c *Cluster) newClient() (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints: c.Endpoints(), TLS: c.clientTLS, DialTimeout: opTimeout,
+		Username: rootIf(c.RootPassword), Password: c.RootPassword,
+		Logger: zap.NewNop(),
+	})
 }
 
 func rootIf(password string) string {
@@ -414,6 +421,11 @@ func (c *Cluster) logs() string {
 
 func (c *Cluster) shutdown(t testing.TB) {
 	t.Helper()
+	c.adminMu.Lock()
+	if c.adminCli != nil {
+		c.adminCli.Close()
+	}
+	c.adminMu.Unlock()
 	c.stopAll()
 	if t.Failed() {
 		t.Logf("etcdtest: logs at stop:\n%s", c.logs())

@@ -207,3 +207,16 @@ func (p *Proxy) copyLink(l *link, dst, src net.Conn, done chan<- struct{}) {
 		}
 	}
 }
+
+// Partition is one way a Proxy parts its client from etcd.
+type Partition struct {
+	Name string
+	Cut  func(*Proxy)
+}
+
+// Partitions are the ways a test parts a client from etcd: a black hole
+// and resets.
+var Partitions = []Partition{
+	{"black hole", (*Proxy).Blackhole},
+	{"reset", (*Proxy).Reset},
+}

@@ -27,34 +27,19 @@ import (
 // vanished holder, etcd down, a member killed) and the tests through
 // uidgate.
 
-// ttl is the managers' lease TTL here: the minimum, so that loss is seen
-// quickly (taken for lost 3⅓ s after the last answered refresh was sent).
+// ttl is the managers' lease TTL here (etcdtest.NewManager's): the
+// minimum, so that loss is seen quickly (taken for lost 3⅓ s after the last
+// answered refresh was sent).
 const ttl = etcdlock.MinLeaseTTL
 
-// newManager makes a manager on cfg's endpoints (a short op timeout, the
-// sweep out of the way unless cfg says) and waits for its lease. It is
-// closed at the test's end.
+// newManager makes a manager as etcdtest.NewManager does, with the sweep
+// out of the way unless cfg says (no request of its own in the counts).
 func newManager(t *testing.T, cfg etcdlock.Config) *etcdlock.Manager {
 	t.Helper()
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = ttl
-	}
-	if cfg.OpTimeout == 0 {
-		cfg.OpTimeout = time.Second
-	}
 	if cfg.SweepEvery == 0 {
-		cfg.SweepEvery = time.Hour // no request of its own in the counts
+		cfg.SweepEvery = time.Hour
 	}
-	m, err := etcdlock.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	waitUntil(t, 10*time.Second, "a lease", m.Live)
+	m, _ := etcdtest.NewManager(t, cfg)
 	return m
 }
 
@@ -74,27 +59,6 @@ func acquire(t *testing.T, m locks.Manager, d time.Duration, keys ...string) (fu
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
 	return m.Acquire(ctx, keys)
-}
-
-// queue lists the etcd keys under pfx (holders and waiters) by creation.
-func queue(t *testing.T, cli *clientv3.Client, pfx string) []*kv {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []*kv
-	for _, k := range resp.Kvs {
-		out = append(out, &kv{key: string(k.Key), rev: k.CreateRevision})
-	}
-	return out
-}
-
-type kv struct {
-	key string
-	rev int64
 }
 
 // grants records the order in which waiters, each in a goroutine of its
@@ -133,7 +97,6 @@ func (g *grants) done() []string {
 // A's first, comes after B's, which was in etcd's queue first.
 func TestFIFO(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
-	cli := etcd.Client(t)
 	const pfx = "/t/fifo/"
 	cfg := etcdlock.Config{Endpoints: etcd.Endpoints(), Prefix: pfx, BatchWindow: -1}
 	a, b, c := newManager(t, cfg), newManager(t, cfg), newManager(t, cfg)
@@ -143,9 +106,9 @@ func TestFIFO(t *testing.T) {
 	}
 	g := grants{t: t}
 	g.wait("a1", a, "k")
-	waitUntil(t, 5*time.Second, "a1 queued in etcd", func() bool { return len(queue(t, cli, pfx)) == 2 })
+	waitUntil(t, 5*time.Second, "a1 queued in etcd", func() bool { return len(etcd.Keys(t, pfx)) == 2 })
 	g.wait("b1", b, "k")
-	waitUntil(t, 5*time.Second, "b1 queued in etcd", func() bool { return len(queue(t, cli, pfx)) == 3 })
+	waitUntil(t, 5*time.Second, "b1 queued in etcd", func() bool { return len(etcd.Keys(t, pfx)) == 3 })
 	g.wait("a2", a, "k")
 	waitUntil(t, 5*time.Second, "a2 queued in A", func() bool { return a.Waiting("k") == 1 })
 	g.wait("b2", b, "k")
@@ -154,7 +117,7 @@ func TestFIFO(t *testing.T) {
 	if got := strings.Join(g.done(), ","); got != "a1,b1,a2,b2" {
 		t.Errorf("grant order %s, want a1,b1,a2,b2 (the order they queued in)", got)
 	}
-	waitUntil(t, 5*time.Second, "every etcd key deleted", func() bool { return len(queue(t, cli, pfx)) == 0 })
+	waitUntil(t, 5*time.Second, "every etcd key deleted", func() bool { return len(etcd.Keys(t, pfx)) == 0 })
 }
 
 // TestSortedKeys: a command's keys are taken in sorted order, whatever the
@@ -163,7 +126,6 @@ func TestFIFO(t *testing.T) {
 // never wait on each other), and a key asked for twice is taken once.
 func TestSortedKeys(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
-	cli := etcd.Client(t)
 	const pfx = "/t/sorted/"
 	cfg := etcdlock.Config{Endpoints: etcd.Endpoints(), Prefix: pfx}
 	a, b := newManager(t, cfg), newManager(t, cfg)
@@ -173,8 +135,8 @@ func TestSortedKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	var taken []string
-	for _, k := range queue(t, cli, pfx) {
-		escaped, _, _ := strings.Cut(strings.TrimPrefix(k.key, pfx), "/")
+	for _, k := range etcd.Keys(t, pfx) {
+		escaped, _, _ := strings.Cut(strings.TrimPrefix(k, pfx), "/")
 		key, err := url.PathUnescape(escaped)
 		if err != nil {
 			t.Fatal(err)
@@ -215,7 +177,6 @@ func TestSortedKeys(t *testing.T) {
 // the one that timed out is given back too.
 func TestTimeout(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
-	cli := etcd.Client(t)
 	const pfx = "/t/timeout/"
 	cfg := etcdlock.Config{Endpoints: etcd.Endpoints(), Prefix: pfx}
 	a, b := newManager(t, cfg), newManager(t, cfg)
@@ -228,7 +189,7 @@ func TestTimeout(t *testing.T) {
 	if _, err := acquire(t, b, 300*time.Millisecond, "mailbox:be/INBOX", "mailbox:be/Archive"); !errors.Is(err, locks.ErrTimeout) {
 		t.Fatalf("while held by another instance: %v, want ErrTimeout", err)
 	}
-	waitUntil(t, 5*time.Second, "b's keys deleted", func() bool { return len(queue(t, cli, pfx)) == 1 })
+	waitUntil(t, 5*time.Second, "b's keys deleted", func() bool { return len(etcd.Keys(t, pfx)) == 1 })
 	relArchive, err := acquire(t, a, 5*time.Second, "mailbox:be/Archive")
 	if err != nil {
 		t.Fatalf("the key taken before the timeout was not given back: %v", err)
@@ -358,16 +319,10 @@ func mapsEqual(a, b map[string]int) bool {
 func TestLeaseLost(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
 	cli := etcd.Client(t)
-	for _, tc := range []struct {
-		name string
-		cut  func(*etcdtest.Proxy)
-	}{
-		{"black hole", (*etcdtest.Proxy).Blackhole},
-		{"reset", (*etcdtest.Proxy).Reset},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, tc := range etcdtest.Partitions {
+		t.Run(tc.Name, func(t *testing.T) {
 			proxy := etcd.Proxy(t, etcd.Members[0])
-			pfx := "/t/lost-" + strings.ReplaceAll(tc.name, " ", "-") + "/"
+			pfx := "/t/lost-" + strings.ReplaceAll(tc.Name, " ", "-") + "/"
 			cfg := etcdlock.Config{Endpoints: []string{proxy.URL}, Prefix: pfx}
 			m := newManager(t, cfg)
 			cfg.Proceed = true
@@ -382,7 +337,7 @@ func TestLeaseLost(t *testing.T) {
 			}
 			lease := clientv3.LeaseID(kvs.Kvs[0].Lease)
 
-			tc.cut(proxy)
+			tc.Cut(proxy)
 			cut := time.Now()
 			select {
 			case <-lost.Done():
