@@ -224,9 +224,10 @@ func getReadyz(t *testing.T, addr string) (int, string) {
 }
 
 // TestEtcdInstanceKilled: `uidgate serve` with [locks] in etcd holds a
-// mailbox lock (its STORE unanswered upstream) and is killed with SIGKILL;
-// another instance's STORE on that mailbox waits, and goes through once the
-// dead instance's lease has expired.
+// mailbox lock (its STORE unanswered upstream); another instance's STORE
+// on that mailbox is answered NO [INUSE] after its lock_timeout. A is
+// killed with SIGKILL; another instance's STORE on that mailbox waits, and
+// goes through once the dead instance's lease has expired.
 func TestEtcdInstanceKilled(t *testing.T) {
 	checkNoLeaks(t)
 	bin := buildUidgate(t)
@@ -256,11 +257,22 @@ lease_ttl = "5s"
 	if code, body := getReadyz(t, metrics); code != 200 || body != "ready" {
 		t.Errorf("/readyz with etcd up: %d %q", code, body)
 	}
+	// Another instance whose lock_timeout is 1 s: NO [INUSE] while A holds
+	// the mailbox.
+	lm, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/killed/"))
+	fakeBackend := upstream.Backend{Name: "fake", Address: fake.ln.Addr().String()}
+	w := startGate(t, gateOpts{backend: fakeBackend, locks: lm, lockTimeout: time.Second})
+	cw := dialIMAP(t, w.Addr)
+	cw.cmd("w1", "LOGIN alice x")
+	cw.cmd("w2", "SELECT INBOX")
+	if got := cw.cmd("w3", "STORE 1 +FLAGS (\\Flagged)"); got != "w3 NO [INUSE] Mailbox in use by another session, try again" {
+		t.Errorf("a STORE on another instance past lock_timeout while A holds the mailbox: %s", got)
+	}
+
 	a.Process.Signal(syscall.SIGKILL)
 	killed := time.Now()
 
-	lm, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/killed/"))
-	b := startGate(t, gateOpts{backend: upstream.Backend{Name: "fake", Address: fake.ln.Addr().String()}, locks: lm})
+	b := startGate(t, gateOpts{backend: fakeBackend, locks: lm})
 	cb := dialIMAP(t, b.Addr)
 	cb.cmd("b1", "LOGIN alice x")
 	cb.cmd("b2", "SELECT INBOX")
