@@ -123,7 +123,8 @@ func TestFIFO(t *testing.T) {
 // TestSortedKeys: a command's keys are taken in sorted order, whatever the
 // order asked: their etcd keys are created in that order (so two
 // instances taking the same keys in opposite orders queue the same way and
-// never wait on each other), and a key asked for twice is taken once.
+// never wait on each other), and a key asked for twice is taken once. All
+// of them are on the process's one lease.
 func TestSortedKeys(t *testing.T) {
 	etcd := etcdtest.Start(t, 1)
 	const pfx = "/t/sorted/"
@@ -135,13 +136,20 @@ func TestSortedKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	var taken []string
+	leases := map[string]bool{}
 	for _, k := range etcd.Keys(t, pfx) {
-		escaped, _, _ := strings.Cut(strings.TrimPrefix(k, pfx), "/")
+		// <prefix><escaped lock key>/<lease>-<number>
+		escaped, name, _ := strings.Cut(strings.TrimPrefix(k, pfx), "/")
 		key, err := url.PathUnescape(escaped)
 		if err != nil {
 			t.Fatal(err)
 		}
 		taken = append(taken, key)
+		lease, _, _ := strings.Cut(name, "-")
+		leases[lease] = true
+	}
+	if len(leases) != 1 {
+		t.Errorf("one process's keys on %d leases, want one", len(leases))
 	}
 	want := []string{"mailbox:be/INBOX", "mailbox:be/Sent", "seen:be/alice"}
 	if !slices.Equal(taken, want) {
