@@ -37,7 +37,7 @@ func BenchmarkEtcdLock(b *testing.B) {
 	})
 	etcd := etcdtest.Start(b, 1)
 	b.Run("etcd-1-instance", func(b *testing.B) {
-		m, _ := newEtcdLocksCfg(b, etcdlockConfig(etcd.Endpoints(), "/bench/one/"))
+		m, _ := etcdtest.NewManager(b, etcdlockConfig(etcd.Endpoints(), "/bench/one/"))
 		for b.Loop() {
 			rel, err := acquire(b, m, 10*time.Second, "mailbox:x/INBOX")
 			if err != nil {
@@ -49,7 +49,7 @@ func BenchmarkEtcdLock(b *testing.B) {
 	b.Run("etcd-2-instances-alternating", func(b *testing.B) {
 		var ms [2]locks.Manager
 		for i := range ms {
-			ms[i], _ = newEtcdLocksCfg(b, etcdlockConfig(etcd.Endpoints(), "/bench/two/"))
+			ms[i], _ = etcdtest.NewManager(b, etcdlockConfig(etcd.Endpoints(), "/bench/two/"))
 		}
 		var wg sync.WaitGroup
 		var next atomic.Int64 // whose turn: the two instances take turns
@@ -117,7 +117,7 @@ func BenchmarkSerializedStore(b *testing.B) {
 		{"etcd-2-instances", func(b *testing.B) []*gate {
 			var gs []*gate
 			for range 2 {
-				m, _ := newEtcdLocksCfg(b, etcdlockConfig(etcd.Endpoints(), "/bench/store/"))
+				m, _ := etcdtest.NewManager(b, etcdlockConfig(etcd.Endpoints(), "/bench/store/"))
 				gs = append(gs, startGate(b, gateOpts{backend: deployed, locks: m, serialization: policy}))
 			}
 			return gs

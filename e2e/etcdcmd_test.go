@@ -177,6 +177,30 @@ func startServe(t *testing.T, bin, config string) (*exec.Cmd, *syncBuffer) {
 	return cmd, logs
 }
 
+// serveConfig is `uidgate serve`'s configuration in the etcd tests: one
+// listener, one backend (the default route), [locks] in etcd with the
+// settings in locks (TOML lines), and the metrics listener.
+func serveConfig(listen, backend, metrics, locks string) string {
+	return fmt.Sprintf(`
+[[listener]]
+address = %q
+
+[[backend]]
+name = "fake"
+address = %q
+
+[[route]]
+default = true
+backend = "fake"
+
+[locks]
+backend = "etcd"
+%s
+[metrics]
+address = %q
+`, listen, backend, locks, metrics)
+}
+
 // getReadyz returns /readyz's status and body.
 func getReadyz(t *testing.T, addr string) (int, string) {
 	t.Helper()
@@ -200,36 +224,20 @@ func getReadyz(t *testing.T, addr string) (int, string) {
 }
 
 // TestEtcdInstanceKilled: `uidgate serve` with [locks] in etcd holds a
-// mailbox lock (its STORE unanswered upstream) and is killed with SIGKILL;
-// another instance's STORE on that mailbox waits, and goes through once the
-// dead instance's lease has expired.
+// mailbox lock (its STORE unanswered upstream); another instance's STORE
+// on that mailbox is answered NO [INUSE] after its lock_timeout. A is
+// killed with SIGKILL; another instance's STORE on that mailbox waits, and
+// goes through once the dead instance's lease has expired.
 func TestEtcdInstanceKilled(t *testing.T) {
 	checkNoLeaks(t)
 	bin := buildUidgate(t)
 	etcd := etcdtest.Start(t, 1)
 	fake := startStallServer(t)
 	listen, metrics := freePort(t), freePort(t)
-	a, _ := startServe(t, bin, fmt.Sprintf(`
-[[listener]]
-address = %q
-
-[[backend]]
-name = "fake"
-address = %q
-
-[[route]]
-default = true
-backend = "fake"
-
-[locks]
-backend = "etcd"
-endpoints = [%q]
+	a, _ := startServe(t, bin, serveConfig(listen, fake.ln.Addr().String(), metrics, fmt.Sprintf(`endpoints = [%q]
 prefix = "/t/killed/"
 lease_ttl = "5s"
-
-[metrics]
-address = %q
-`, listen, fake.ln.Addr(), etcd.Endpoints()[0], metrics))
+`, etcd.Endpoints()[0])))
 
 	ca := dialIMAP(t, listen)
 	if got := ca.cmd("a1", "LOGIN alice x"); !strings.HasPrefix(got, "a1 OK") {
@@ -249,11 +257,22 @@ address = %q
 	if code, body := getReadyz(t, metrics); code != 200 || body != "ready" {
 		t.Errorf("/readyz with etcd up: %d %q", code, body)
 	}
+	// Another instance whose lock_timeout is 1 s: NO [INUSE] while A holds
+	// the mailbox.
+	lm, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/killed/"))
+	fakeBackend := upstream.Backend{Name: "fake", Address: fake.ln.Addr().String()}
+	w := startGate(t, gateOpts{backend: fakeBackend, locks: lm, lockTimeout: time.Second})
+	cw := dialIMAP(t, w.Addr)
+	cw.cmd("w1", "LOGIN alice x")
+	cw.cmd("w2", "SELECT INBOX")
+	if got := cw.cmd("w3", "STORE 1 +FLAGS (\\Flagged)"); got != "w3 NO [INUSE] Mailbox in use by another session, try again" {
+		t.Errorf("a STORE on another instance past lock_timeout while A holds the mailbox: %s", got)
+	}
+
 	a.Process.Signal(syscall.SIGKILL)
 	killed := time.Now()
 
-	lm, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/killed/"))
-	b := startGate(t, gateOpts{backend: upstream.Backend{Name: "fake", Address: fake.ln.Addr().String()}, locks: lm})
+	b := startGate(t, gateOpts{backend: fakeBackend, locks: lm})
 	cb := dialIMAP(t, b.Addr)
 	cb.cmd("b1", "LOGIN alice x")
 	cb.cmd("b2", "SELECT INBOX")
@@ -289,26 +308,8 @@ func TestEtcdReadyz(t *testing.T) {
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			listen, metrics := freePort(t), freePort(t)
-			startServe(t, bin, fmt.Sprintf(`
-[[listener]]
-address = %q
-
-[[backend]]
-name = "fake"
-address = %q
-
-[[route]]
-default = true
-backend = "fake"
-
-[locks]
-backend = "etcd"
-endpoints = [%q]
-on_unavailable = %q
-
-[metrics]
-address = %q
-`, listen, fake.ln.Addr(), dead, tc.mode, metrics))
+			startServe(t, bin, serveConfig(listen, fake.ln.Addr().String(), metrics,
+				fmt.Sprintf("endpoints = [%q]\non_unavailable = %q\n", dead, tc.mode)))
 			c := dialIMAP(t, listen)
 			c.cmd("r1", "LOGIN alice x")
 			c.cmd("r2", "SELECT INBOX")

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"uidgate/e2e/etcdtest"
@@ -26,38 +25,10 @@ import (
 // last answered one was sent; at the 3 s minimum, 1 s and 2 s).
 const testLeaseTTL = 5 * time.Second
 
-// newEtcdLocks makes an etcd lock manager for a test, as one uidgate
-// instance would (lease TTL testLeaseTTL, op timeout 1s unless cfg says),
-// and waits until it holds a lease. It is closed at the test's end.
-func newEtcdLocks(t testing.TB, endpoints []string, prefix string, proceed bool) (*etcdlock.Manager, *syncBuffer) {
-	return newEtcdLocksCfg(t, etcdlock.Config{Endpoints: endpoints, Prefix: prefix, Proceed: proceed})
-}
-
-func newEtcdLocksCfg(t testing.TB, cfg etcdlock.Config) (*etcdlock.Manager, *syncBuffer) {
-	t.Helper()
-	logs := &syncBuffer{}
-	log := zerolog.New(logs).With().Timestamp().Logger()
-	cfg.Logger = &log
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = testLeaseTTL
-	}
-	if cfg.OpTimeout == 0 {
-		cfg.OpTimeout = time.Second
-	}
-	m, err := etcdlock.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := m.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-		if t.Failed() {
-			t.Logf("etcdlock log:\n%s", tailString(logs.String(), 4000))
-		}
-	})
-	mustWait(t, 10*time.Second, "a lease", func() bool { return m.Live() })
-	return m, logs
+// newEtcdLocks makes an etcd lock manager for a test (see
+// etcdtest.NewManager), with the prefix and Proceed as given.
+func newEtcdLocks(t testing.TB, endpoints []string, prefix string, proceed bool) (*etcdlock.Manager, *etcdtest.Log) {
+	return etcdtest.NewManager(t, etcdlock.Config{Endpoints: endpoints, Prefix: prefix, Proceed: proceed})
 }
 
 // mustWait polls cond (state in another process: etcd) until it holds,
@@ -69,23 +40,6 @@ func mustWait(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// etcdKeys counts the etcd keys under prefix: holders and waiters.
-func etcdKeys(t testing.TB, endpoints []string, prefix string) int {
-	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return int(resp.Count)
-}
-
 func acquire(t testing.TB, m locks.Manager, d time.Duration, keys ...string) (func(), error) {
 	ctx, cancel := context.WithTimeout(t.Context(), d)
 	defer cancel()
@@ -93,7 +47,9 @@ func acquire(t testing.TB, m locks.Manager, d time.Duration, keys ...string) (fu
 }
 
 // TestEtcdLocks: the etcd lock manager's semantics against a real etcd,
-// between two managers standing for two uidgate instances.
+// between two managers standing for two uidgate instances (FIFO, sorted
+// keys, the timeout, the fast path and lease loss are tested in
+// proxy/locks/etcdlock).
 func TestEtcdLocks(t *testing.T) {
 	checkNoLeaks(t)
 	etcd := etcdtest.Start(t, 1)
@@ -115,7 +71,7 @@ func TestEtcdLocks(t *testing.T) {
 			t.Errorf("timed out after %v, want about 300ms", d)
 		}
 		// The waiter that timed out left nothing behind.
-		mustWait(t, 5*time.Second, "waiter's key removed", func() bool { return etcdKeys(t, eps, pfx) == 1 })
+		mustWait(t, 5*time.Second, "waiter's key removed", func() bool { return len(etcd.Keys(t, pfx)) == 1 })
 		// Another key is free meanwhile.
 		relOther, err := acquire(t, b, 5*time.Second, "mailbox:x/Other")
 		if err != nil {
@@ -130,12 +86,12 @@ func TestEtcdLocks(t *testing.T) {
 			}
 			got <- err
 		}()
-		mustWait(t, 5*time.Second, "b queued", func() bool { return etcdKeys(t, eps, pfx) == 2 })
+		mustWait(t, 5*time.Second, "b queued", func() bool { return len(etcd.Keys(t, pfx)) == 2 })
 		relA()
 		if err := <-got; err != nil {
 			t.Fatalf("after release: %v", err)
 		}
-		mustWait(t, 5*time.Second, "keys released", func() bool { return etcdKeys(t, eps, pfx) == 0 })
+		mustWait(t, 5*time.Second, "keys released", func() bool { return len(etcd.Keys(t, pfx)) == 0 })
 	})
 
 	// Two instances, 8 sessions taking random key sets; with the default
@@ -151,7 +107,7 @@ func TestEtcdLocks(t *testing.T) {
 			pfx := "/t/load-" + strings.ReplaceAll(tc.name, " ", "-") + "/"
 			var ms []*etcdlock.Manager
 			for range 2 {
-				m, _ := newEtcdLocksCfg(t, etcdlock.Config{Endpoints: eps, Prefix: pfx,
+				m, _ := etcdtest.NewManager(t, etcdlock.Config{Endpoints: eps, Prefix: pfx,
 					BatchWindow: tc.window, SweepEvery: 100 * time.Millisecond})
 				ms = append(ms, m)
 			}
@@ -205,7 +161,7 @@ func TestEtcdLocks(t *testing.T) {
 				t.Errorf("%d times two holders of one key at once", bad.Load())
 			}
 			// Releases delete their etcd keys in the background.
-			mustWait(t, 10*time.Second, "every etcd key deleted", func() bool { return etcdKeys(t, eps, pfx) == 0 })
+			mustWait(t, 10*time.Second, "every etcd key deleted", func() bool { return len(etcd.Keys(t, pfx)) == 0 })
 			for i, m := range ms {
 				for _, k := range keys {
 					if n := m.Waiting(k); n != 0 {
@@ -217,36 +173,13 @@ func TestEtcdLocks(t *testing.T) {
 		})
 	}
 
-	t.Run("FIFO across instances", func(t *testing.T) {
-		const pfx = "/t/fifo/"
-		a, _ := newEtcdLocks(t, eps, pfx, false)
-		b, _ := newEtcdLocks(t, eps, pfx, false)
-		c, _ := newEtcdLocks(t, eps, pfx, false)
-		relA, err := acquire(t, a, 5*time.Second, "k")
-		if err != nil {
-			t.Fatal(err)
-		}
-		g := grantLog{t: t, key: "k", timeout: 20 * time.Second}
-		// Queued one after the other: each waits until the previous one's
-		// key is in etcd.
-		g.wait("c", c)
-		mustWait(t, 5*time.Second, "c queued", func() bool { return etcdKeys(t, eps, pfx) == 2 })
-		g.wait("b", b)
-		mustWait(t, 5*time.Second, "b queued", func() bool { return etcdKeys(t, eps, pfx) == 3 })
-		relA()
-		order := g.done()
-		if strings.Join(order, ",") != "c,b" {
-			t.Errorf("grant order %v, want c,b (the order they queued in)", order)
-		}
-	})
-
 	t.Run("an instance passes a key to its own waiters for a bounded time", func(t *testing.T) {
 		const pfx = "/t/batch/"
 		// A 2 s window (default 50 ms), waiters holding 200 ms each: 20
 		// waiters take 4 s, twice the window. The window starts when a's
 		// first waiter gets the key in etcd, after the set-up: c holds
 		// the key meanwhile.
-		a, _ := newEtcdLocksCfg(t, etcdlock.Config{Endpoints: eps, Prefix: pfx, BatchWindow: 2 * time.Second})
+		a, _ := etcdtest.NewManager(t, etcdlock.Config{Endpoints: eps, Prefix: pfx, BatchWindow: 2 * time.Second})
 		b, _ := newEtcdLocks(t, eps, pfx, false)
 		c, _ := newEtcdLocks(t, eps, pfx, false)
 		relC, err := acquire(t, c, 5*time.Second, "k")
@@ -261,10 +194,10 @@ func TestEtcdLocks(t *testing.T) {
 			g.wait("a", a)
 		}
 		mustWait(t, 10*time.Second, "a's waiters queued", func() bool {
-			return a.Waiting("k") == 19 && etcdKeys(t, eps, pfx) == 2
+			return a.Waiting("k") == 19 && len(etcd.Keys(t, pfx)) == 2
 		})
 		g.wait("b", b)
-		mustWait(t, 10*time.Second, "b queued", func() bool { return etcdKeys(t, eps, pfx) == 3 })
+		mustWait(t, 10*time.Second, "b queued", func() bool { return len(etcd.Keys(t, pfx)) == 3 })
 		relC()
 		order := g.done()
 		// a's waiters take the key from one another, without etcd, until
@@ -275,32 +208,6 @@ func TestEtcdLocks(t *testing.T) {
 		if pos < 2 || pos >= 20 {
 			t.Errorf("grant order %v: b after %d of a's, want some but not all (the window)", order, pos)
 		}
-	})
-
-	t.Run("opposite key orders do not deadlock", func(t *testing.T) {
-		const pfx = "/t/order/"
-		a, _ := newEtcdLocks(t, eps, pfx, false)
-		b, _ := newEtcdLocks(t, eps, pfx, false)
-		var wg sync.WaitGroup
-		for i, m := range []locks.Manager{a, b} {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				keys := []string{"mailbox:x/1", "seen:x/alice"}
-				if i == 1 {
-					keys[0], keys[1] = keys[1], keys[0]
-				}
-				for range 20 {
-					rel, err := acquire(t, m, 10*time.Second, keys...)
-					if err != nil {
-						t.Errorf("%v: %v", keys, err)
-						return
-					}
-					rel()
-				}
-			}()
-		}
-		wg.Wait()
 	})
 }
 
@@ -357,7 +264,7 @@ func TestEtcdLockUnavailable(t *testing.T) {
 	// A 6 s lease for the instance whose lease is revoked: the restarted
 	// etcd would keep it 6 s more, far longer than the revocation takes.
 	const failingTTL = 6 * time.Second
-	failing, logs := newEtcdLocksCfg(t, etcdlock.Config{Endpoints: eps, Prefix: pfx, LeaseTTL: failingTTL})
+	failing, logs := etcdtest.NewManager(t, etcdlock.Config{Endpoints: eps, Prefix: pfx, LeaseTTL: failingTTL})
 	proceeding, _ := newEtcdLocks(t, eps, pfx, true)
 
 	rel, lost, err := failing.AcquireLeased(t.Context(), []string{"held"})
@@ -433,13 +340,9 @@ func TestEtcdLockLeaseLost(t *testing.T) {
 	// was sent, 3 s before etcd may expire it: room for A to take a new
 	// lease in between, when a revocation would show.
 	const ttl = 9 * time.Second
-	a, logs := newEtcdLocksCfg(t, etcdlock.Config{Endpoints: []string{proxy.URL}, Prefix: pfx, LeaseTTL: ttl})
+	a, logs := etcdtest.NewManager(t, etcdlock.Config{Endpoints: []string{proxy.URL}, Prefix: pfx, LeaseTTL: ttl})
 	b, _ := newEtcdLocks(t, eps, pfx, false)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := etcd.Client(t)
 
 	relA, lost, err := a.AcquireLeased(t.Context(), []string{"k"})
 	if err != nil {
@@ -463,9 +366,9 @@ func TestEtcdLockLeaseLost(t *testing.T) {
 		bGot <- time.Now()
 		rel()
 	}()
-	mustWait(t, 10*time.Second, "B queued", func() bool { return etcdKeys(t, eps, pfx) == 2 })
+	mustWait(t, 10*time.Second, "B queued", func() bool { return len(etcd.Keys(t, pfx)) == 2 })
 
-	proxy.Cut()
+	proxy.Blackhole()
 	cut := time.Now()
 	select {
 	case <-lost.Done():
@@ -510,7 +413,7 @@ func TestEtcdLockLeaseLost(t *testing.T) {
 		t.Errorf("B got the key %v before A's lease could have expired: A gave it up early", expiry.Sub(got).Round(time.Millisecond))
 	}
 	relA()
-	mustWait(t, 10*time.Second, "every etcd key deleted", func() bool { return etcdKeys(t, eps, pfx) == 0 })
+	mustWait(t, 10*time.Second, "every etcd key deleted", func() bool { return len(etcd.Keys(t, pfx)) == 0 })
 	if a.Waiting("k") != 0 || b.Waiting("k") != 0 {
 		t.Errorf("waiting at the end: A %d, B %d", a.Waiting("k"), b.Waiting("k"))
 	}
@@ -529,13 +432,13 @@ func TestEtcdLockCluster(t *testing.T) {
 	eps := etcd.Endpoints()
 	const pfx = "/t/cluster/"
 	cfg := etcdlock.Config{Endpoints: eps, Prefix: pfx, LeaseTTL: 10 * time.Second, OpTimeout: etcdlock.DefaultOpTimeout}
-	a, _ := newEtcdLocksCfg(t, cfg)
-	b, _ := newEtcdLocksCfg(t, cfg)
+	a, _ := etcdtest.NewManager(t, cfg)
+	b, _ := etcdtest.NewManager(t, cfg)
 	rel, lost, err := a.AcquireLeased(t.Context(), []string{"held"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	victim := etcd.Members[leaderIndex(t, eps)]
+	victim := etcd.Members[leaderIndex(t, etcd)]
 	victim.Kill(t)
 	t.Logf("killed %s", victim.Name)
 	// Both instances keep working: take and release keys for 8 s, past
@@ -568,13 +471,10 @@ func TestEtcdLockCluster(t *testing.T) {
 
 // leaderIndex finds which member leads (by its status), and fails the
 // test if none does within 10 s.
-func leaderIndex(t testing.TB, eps []string) int {
+func leaderIndex(t testing.TB, etcd *etcdtest.Cluster) int {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: eps, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := etcd.Client(t)
+	eps := etcd.Endpoints()
 	leader := -1
 	mustWait(t, 10*time.Second, "etcd leader", func() bool {
 		for i, ep := range eps {

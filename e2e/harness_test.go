@@ -62,6 +62,7 @@ type gateOpts struct {
 	// is its policy.
 	locks         locks.Manager
 	serialization rules.Serialization
+	lockTimeout   time.Duration // proxy.Server.LockTimeout
 }
 
 // startGate starts uidgate on a free loopback port in front of backend,
@@ -88,6 +89,7 @@ func startGate(t testing.TB, o gateOpts) *gate {
 		MaxLiteral:    o.maxLit,
 		Locks:         o.locks,
 		Serialization: o.serialization,
+		LockTimeout:   o.lockTimeout,
 		// Every test client is alice from 127.0.0.1, hundreds of logins a
 		// run: the login buckets are tested in proxy/limits_test.go.
 		LoginRatePerIP:   proxy.LoginRate{Burst: -1},

@@ -83,7 +83,7 @@ func TestEtcdTwoGates(t *testing.T) {
 
 	var shared []locks.Manager
 	for range 2 {
-		m, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/twogates/"))
+		m, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/twogates/"))
 		shared = append(shared, m)
 	}
 	g1 := startGate(t, gateOpts{backend: deployed, locks: shared[0], serialization: policy})
@@ -121,7 +121,8 @@ const simRounds = 30
 // Each instance with its own in-process locks, sessions on different
 // instances are not serialized and the simulator's session-cached \Seen
 // (written back over another session's update) loses or invents \Seen;
-// with the locks in etcd, none.
+// with the locks in etcd (three members, the leader killed during the
+// run), none.
 func TestEtcdTwoGatesSimulator(t *testing.T) {
 	checkNoLeaks(t)
 	cfg := legacysim.Config{Seed: 1, Users: map[string]string{"alice": "alice-sim"}}
@@ -139,7 +140,7 @@ func TestEtcdTwoGatesSimulator(t *testing.T) {
 		sim.Close()
 		<-served
 	})
-	etcd := etcdtest.Start(t, 1)
+	etcd := etcdtest.Start(t, 3)
 	backend := upstream.Backend{Name: "legacy", Address: ln.Addr().String(), Legacy: true, ExplicitSeen: true}
 	policy := rules.Serialization{SelectTakesSeen: true}
 	runB := func(gates ...*gate) scenarios.Result {
@@ -162,12 +163,19 @@ func TestEtcdTwoGatesSimulator(t *testing.T) {
 	mem := runB(m1, m2)
 	t.Logf("memory locks, 2 instances: %v", mem)
 
-	e1, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
-	e2, _ := newEtcdLocksCfg(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
+	e1, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
+	e2, _ := etcdtest.NewManager(t, etcdlockConfig(etcd.Endpoints(), "/t/sim/"))
 	g1 := startGate(t, gateOpts{backend: backend, locks: e1, serialization: policy})
 	g2 := startGate(t, gateOpts{backend: backend, locks: e2, serialization: policy})
+	// The leader of the three members is killed a second into the run.
+	victim := etcd.Members[leaderIndex(t, etcd)]
+	killer := time.AfterFunc(time.Second, func() { victim.Kill(t) })
+	defer killer.Stop()
 	shared := runB(g1, g2)
-	t.Logf("etcd locks, 2 instances: %v", shared)
+	if killer.Stop() {
+		t.Fatalf("the run ended before %s was killed", victim.Name)
+	}
+	t.Logf("etcd locks, 2 instances, %s (the leader) killed after 1 s: %v", victim.Name, shared)
 	if shared.Faults() != 0 || shared.Errors != 0 || shared.Rounds != simRounds {
 		t.Errorf("two instances sharing etcd locks: %v (first error %v)", shared, shared.FirstErr)
 	}

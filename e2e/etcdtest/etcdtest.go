@@ -1,15 +1,19 @@
 // Package etcdtest starts real etcd servers (Debian's etcd-server, 3.4) on
 // loopback for uidgate's lock tests: one member, or a cluster of several on
 // one machine, each on free 127.0.0.1 ports with its data in a directory of
-// its own; and a proxy in front of a member that a test can cut, to part
-// one client from etcd. The test that starts a cluster owns it: t.Cleanup
-// stops every member and removes the directories.
+// its own; with TLS (a CA made for the test, client certificates required)
+// and with etcd's auth if asked; and a proxy in front of a member that a
+// test can cut, to part one client from etcd. The test that starts a
+// cluster owns it: t.Cleanup stops every member and removes the
+// directories.
 //
 // etcd must be installed by .ci/install-deps; a missing binary fails the
 // test, never skips it.
 package etcdtest
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +27,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 const (
@@ -35,39 +42,52 @@ const (
 	stopTimeout = 10 * time.Second
 	// startAttempts: a port found free may be taken before etcd binds it.
 	startAttempts = 3
+	// opTimeout bounds the harness's own requests (auth set-up, Client).
+	opTimeout = 10 * time.Second
 	// installHint names what installs etcd, for failure messages.
 	installHint = "run `sudo .ci/install-deps` (it installs Debian's etcd-server for the lock tests)"
 )
 
-// TB is the part of testing.TB the harness uses (a benchmark program may
-// pass its own). Fatalf must not return.
-type TB interface {
-	Helper()
-	Logf(format string, args ...any)
-	Errorf(format string, args ...any)
-	Fatalf(format string, args ...any)
-	Failed() bool
-	Cleanup(f func())
+// Options says what cluster Start makes.
+type Options struct {
+	// Members is the number of members (default 1).
+	Members int
+	// TLS serves the client URLs over https with a certificate from a CA
+	// made for the test (Cluster.TLS), and requires a client certificate
+	// from that CA (etcd's --client-cert-auth).
+	TLS bool
+	// Auth turns on etcd's auth, with a root account (Cluster.RootPassword);
+	// Cluster.AddUser adds others.
+	Auth bool
 }
-
-var _ TB = testing.TB(nil)
 
 // Cluster is a running etcd cluster on loopback.
 type Cluster struct {
 	Members []*Member
-	dir     string
+	// TLS names the PEM files of the test's CA and of a client certificate
+	// it signed; nil without Options.TLS.
+	TLS *TLSFiles
+	// RootPassword is the root account's password with Options.Auth.
+	RootPassword string
+	dir          string
+	clientTLS    *tls.Config // for the harness's own connections
+
+	adminMu  sync.Mutex
+	adminCli *clientv3.Client // see admin
 }
 
 // Member is one etcd server of a Cluster.
 type Member struct {
 	Name string
-	// ClientURL is where clients connect: http://127.0.0.1:port.
+	// ClientURL is where clients connect: http://127.0.0.1:port, or
+	// https:// with Options.TLS.
 	ClientURL string
 	peerURL   string
 	dataDir   string
 	logFile   string
 	bin       string
-	initial   string // the --initial-cluster value
+	initial   string   // the --initial-cluster value
+	tlsFlags  []string // the server's TLS flags, if any
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -83,11 +103,21 @@ func (c *Cluster) Endpoints() []string {
 	return out
 }
 
-// Start starts a cluster of n members (1 or more) and waits until every
-// member reports healthy. It fails the test if etcd is not installed or
-// does not start.
-func Start(t TB, n int) *Cluster {
+// Start starts a plain cluster of n members (1 or more) and waits until
+// every member reports healthy. It fails the test if etcd is not installed
+// or does not start.
+func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return StartWith(t, Options{Members: n})
+}
+
+// StartWith starts a cluster as o says and waits until every member
+// reports healthy (and auth is on, with o.Auth).
+func StartWith(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	if o.Members == 0 {
+		o.Members = 1
+	}
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		if _, statErr := os.Stat("/usr/bin/etcd"); statErr == nil {
@@ -98,37 +128,61 @@ func Start(t TB, n int) *Cluster {
 	}
 	var failures []string
 	for attempt := 1; attempt <= startAttempts; attempt++ {
-		c, err := startOnce(bin, n)
+		c, err := startOnce(bin, o)
 		if err == nil {
 			t.Cleanup(func() { c.shutdown(t) })
+			if o.Auth {
+				c.enableAuth(t)
+			}
 			return c
 		}
 		failures = append(failures, fmt.Sprintf("attempt %d: %v", attempt, err))
 	}
-	t.Fatalf("etcdtest: cannot start %d etcd member(s):\n%s", n, strings.Join(failures, "\n"))
+	t.Fatalf("etcdtest: cannot start %d etcd member(s):\n%s", o.Members, strings.Join(failures, "\n"))
 	return nil
 }
 
-func startOnce(bin string, n int) (*Cluster, error) {
+func startOnce(bin string, o Options) (*Cluster, error) {
 	dir, err := os.MkdirTemp("", "uidgate-etcd-")
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(2 * n)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
 	c := &Cluster{dir: dir}
+	fail := func(err error) (*Cluster, error) {
+		c.stopAll()
+		log := c.logs()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("%v\n%s", err, log)
+	}
+	scheme := "http"
+	var tlsFlags []string
+	if o.TLS {
+		files, err := makeCerts(dir)
+		if err != nil {
+			return fail(err)
+		}
+		c.TLS = files
+		if c.clientTLS, err = files.Config(); err != nil {
+			return fail(err)
+		}
+		scheme = "https"
+		tlsFlags = []string{"--cert-file", files.serverCert, "--key-file", files.serverKey,
+			"--trusted-ca-file", files.CAFile, "--client-cert-auth"}
+	}
+	ports, err := freePorts(2 * o.Members)
+	if err != nil {
+		return fail(err)
+	}
 	var initial []string
-	for i := range n {
+	for i := range o.Members {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]),
 			peerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			dataDir:   filepath.Join(dir, fmt.Sprintf("m%d.etcd", i)),
 			logFile:   filepath.Join(dir, fmt.Sprintf("m%d.log", i)),
 			bin:       bin,
+			tlsFlags:  tlsFlags,
 		}
 		initial = append(initial, m.Name+"="+m.peerURL)
 		c.Members = append(c.Members, m)
@@ -136,17 +190,11 @@ func startOnce(bin string, n int) (*Cluster, error) {
 	for _, m := range c.Members {
 		m.initial = strings.Join(initial, ",")
 		if err := m.start(); err != nil {
-			c.stopAll()
-			log := c.logs()
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("%v\n%s", err, log)
+			return fail(err)
 		}
 	}
 	if err := c.waitHealthy(c.Members); err != nil {
-		c.stopAll()
-		log := c.logs()
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("%v\n%s", err, log)
+		return fail(err)
 	}
 	return c, nil
 }
@@ -159,7 +207,7 @@ func (m *Member) start() error {
 		return err
 	}
 	defer out.Close() // the child has its own copy
-	cmd := exec.Command(m.bin,
+	args := []string{
 		"--name", m.Name,
 		"--data-dir", m.dataDir,
 		"--listen-client-urls", m.ClientURL,
@@ -174,7 +222,8 @@ func (m *Member) start() error {
 		"--heartbeat-interval", "50",
 		"--election-timeout", "500",
 		"--logger", "zap",
-	)
+	}
+	cmd := exec.Command(m.bin, append(args, m.tlsFlags...)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -206,13 +255,13 @@ func (m *Member) Running() bool {
 
 // Kill ends the member at once (SIGKILL), as a crash would, and waits for
 // it to be gone.
-func (m *Member) Kill(t TB) {
+func (m *Member) Kill(t testing.TB) {
 	t.Helper()
 	m.signal(syscall.SIGKILL, 0)
 }
 
 // Stop ends the member gracefully (SIGTERM, SIGKILL after a while).
-func (m *Member) Stop(t TB) {
+func (m *Member) Stop(t testing.TB) {
 	t.Helper()
 	m.signal(syscall.SIGTERM, stopTimeout)
 }
@@ -235,7 +284,7 @@ func (m *Member) signal(sig syscall.Signal, grace time.Duration) {
 
 // Restart starts a stopped or killed member again on its data and waits
 // until it is healthy.
-func (c *Cluster) Restart(t TB, m *Member) {
+func (c *Cluster) Restart(t testing.TB, m *Member) {
 	t.Helper()
 	if m.Running() {
 		t.Fatalf("etcdtest: %s is still running", m.Name)
@@ -252,7 +301,8 @@ func (c *Cluster) Restart(t TB, m *Member) {
 // leader and answers).
 func (c *Cluster) waitHealthy(ms []*Member) error {
 	deadline := time.Now().Add(readyTimeout)
-	client := &http.Client{Timeout: time.Second}
+	client := &http.Client{Timeout: time.Second,
+		Transport: &http.Transport{TLSClientConfig: c.clientTLS, DisableKeepAlives: true}}
 	for _, m := range ms {
 		for {
 			if !m.Running() {
@@ -276,6 +326,80 @@ func (c *Cluster) waitHealthy(ms []*Member) error {
 	return nil
 }
 
+// Client returns a client of the cluster as root (with Options.Auth),
+// over TLS with the test's client certificate (with Options.TLS). It is
+// closed at the test's end.
+func (c *Cluster) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	cli, err := c.newClient()
+	if err != nil {
+		t.Fatalf("etcdtest: client: %v", err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func (c *Cluster) newClient() (*clientv3.Client, error) {
+	return clientv3.New(clientv3.Config{
+		Endpoints: c.Endpoints(), TLS: c.clientTLS, DialTimeout: opTimeout,
+		Username: rootIf(c.RootPassword), Password: c.RootPassword,
+		Logger: zap.NewNop(),
+	})
+}
+
+func rootIf(password string) string {
+	if password == "" {
+		return ""
+	}
+	return "root"
+}
+
+// enableAuth adds the root account (role root) with a new password and
+// turns auth on, as `etcdctl user add root; etcdctl auth enable` do.
+func (c *Cluster) enableAuth(t testing.TB) {
+	t.Helper()
+	pw := "root-" + randomHex(8)
+	cli := c.Client(t) // no password yet: auth is off
+	ctx, cancel := context.WithTimeout(t.Context(), opTimeout)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", pw); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "root"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("etcdtest: enabling auth: %v", err)
+		}
+	}
+	c.RootPassword = pw
+}
+
+// AddUser adds an account whose role (of the same name) may read and write
+// the keys under prefix only, as docs/DEPLOYMENT.md tells an operator to.
+func (c *Cluster) AddUser(t testing.TB, name, password, prefix string) {
+	t.Helper()
+	cli := c.Client(t)
+	ctx, cancel := context.WithTimeout(t.Context(), opTimeout)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := cli.RoleAdd(ctx, name); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, name, prefix, clientv3.GetPrefixRangeEnd(prefix),
+				clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, name, password); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, name, name); return err },
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("etcdtest: adding user %s: %v", name, err)
+		}
+	}
+}
+
 func (c *Cluster) stopAll() {
 	for _, m := range c.Members {
 		m.signal(syscall.SIGTERM, stopTimeout)
@@ -295,8 +419,13 @@ func (c *Cluster) logs() string {
 	return b.String()
 }
 
-func (c *Cluster) shutdown(t TB) {
+func (c *Cluster) shutdown(t testing.TB) {
 	t.Helper()
+	c.adminMu.Lock()
+	if c.adminCli != nil {
+		c.adminCli.Close()
+	}
+	c.adminMu.Unlock()
 	c.stopAll()
 	if t.Failed() {
 		t.Logf("etcdtest: logs at stop:\n%s", c.logs())
@@ -325,127 +454,4 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
-}
-
-// Proxy is a TCP proxy on loopback in front of one member, which a test
-// can cut as a network partition between one client and etcd would: Cut
-// closes every connection through it and holds the ones made afterwards
-// silent (accepted, nothing forwarded either way) until Restore. The test
-// that starts it owns it: t.Cleanup closes it and waits for its
-// goroutines.
-type Proxy struct {
-	// URL is the client URL to give the client instead of the member's.
-	URL    string
-	ln     net.Listener
-	target string // the member's host:port
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	cut   bool
-	conns map[net.Conn]bool // open connections, both sides; true: held
-}
-
-// Proxy starts a proxy to m.
-func (c *Cluster) Proxy(t TB, m *Member) *Proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("etcdtest: proxy: %v", err)
-	}
-	p := &Proxy{URL: "http://" + ln.Addr().String(), ln: ln,
-		target: strings.TrimPrefix(m.ClientURL, "http://"), conns: make(map[net.Conn]bool)}
-	p.wg.Add(1)
-	go p.accept()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
-}
-
-// Cut closes every connection through the proxy and holds new ones.
-func (p *Proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-// Restore forwards again; the connections held meanwhile are closed (their
-// client connects again).
-func (p *Proxy) Restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = false
-	for c, held := range p.conns {
-		if held {
-			c.Close()
-			delete(p.conns, c)
-		}
-	}
-}
-
-func (p *Proxy) accept() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		cut := p.cut
-		if cut {
-			p.conns[c] = true
-		}
-		p.mu.Unlock()
-		if !cut {
-			p.wg.Add(1)
-			go p.forward(c)
-		}
-	}
-}
-
-// forward copies between c and a new connection to the member until
-// either side ends or Cut closes both.
-func (p *Proxy) forward(c net.Conn) {
-	defer p.wg.Done()
-	up, err := net.Dial("tcp", p.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	p.mu.Lock()
-	if p.cut {
-		// Cut while dialling.
-		p.mu.Unlock()
-		c.Close()
-		up.Close()
-		return
-	}
-	p.conns[c], p.conns[up] = false, false
-	p.mu.Unlock()
-	done := make(chan struct{}, 2)
-	go proxyCopy(up, c, done)
-	go proxyCopy(c, up, done)
-	<-done
-	c.Close()
-	up.Close()
-	<-done
-	p.mu.Lock()
-	delete(p.conns, c)
-	delete(p.conns, up)
-	p.mu.Unlock()
-}
-
-func proxyCopy(dst, src net.Conn, done chan<- struct{}) {
-	io.Copy(dst, src)
-	done <- struct{}{}
 }

@@ -289,6 +289,7 @@ func (m *Manager) run() {
 	for m.ctx.Err() == nil {
 		cli, err := m.client()
 		if err != nil {
+			err = m.explain(err)
 			m.log.Warn().Err(err).Msg("cannot connect to etcd")
 			if !retry(err) {
 				return
@@ -300,6 +301,7 @@ func (m *Manager) run() {
 			if m.ctx.Err() != nil {
 				return
 			}
+			err = m.explain(err)
 			m.log.Warn().Err(err).Msg("cannot take an etcd lease")
 			if !retry(err) {
 				return
@@ -626,7 +628,7 @@ func (m *Manager) retry(ctx context.Context, op func(ctx context.Context) error)
 		actx, cancel := context.WithDeadline(ctx, until)
 		err := op(actx)
 		cancel()
-		if err == nil || ctx.Err() != nil {
+		if err == nil || ctx.Err() != nil || permanent(err) {
 			return err
 		}
 		if time.Now().Add(retryPause).After(deadline) {
@@ -651,7 +653,7 @@ func (m *Manager) waitDeletes(ctx context.Context, cli *clientv3.Client, pfx str
 		switch {
 		case err == nil:
 			return nil
-		case ctx.Err() != nil:
+		case ctx.Err() != nil || permanent(err):
 			return err
 		case failingSince.IsZero():
 			failingSince = time.Now()

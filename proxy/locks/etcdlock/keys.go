@@ -211,7 +211,11 @@ func (m *Manager) AcquireLeased(ctx context.Context, keys []string) (func(), con
 
 // refused logs and returns ErrUnavailable for keys.
 func (m *Manager) refused(keys []string, err error) error {
-	m.log.Warn().Err(err).Strs("keys", keys).Msg("etcd out of reach: lock refused")
+	msg := "etcd out of reach: lock refused"
+	if permanent(err) {
+		msg = "etcd refused this instance's request: lock refused (check [locks] username, its role's permission on prefix)"
+	}
+	m.log.Warn().Err(err).Strs("keys", keys).Msg(msg)
 	return fmt.Errorf("%w: %v", locks.ErrUnavailable, err)
 }
 
