@@ -32,11 +32,19 @@ import (
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
+	// keep, if set, bounds what is kept to about its last keep bytes:
+	// for tests that measure the process's heap while the gate logs
+	// every line at trace level.
+	keep int
 }
 
 func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.keep > 0 && s.b.Len()+len(p) > s.keep {
+		tail := s.b.Bytes()[s.b.Len()-min(s.b.Len(), s.keep/2):]
+		s.b = *bytes.NewBuffer(append(make([]byte, 0, s.keep), tail...))
+	}
 	return s.b.Write(p)
 }
 

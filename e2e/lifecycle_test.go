@@ -37,7 +37,9 @@ const sessionEnd = 5 * time.Second
 // later ones straight to the backend, under the same backend name: so
 // they share lock keys.
 func lifeGate(t *testing.T, backendAddr, faultAddr string, mem *locks.Memory) *gate {
-	logs := &syncBuffer{}
+	// The log's tail only: TestPipelineWithoutReading measures the heap,
+	// and two million traced commands and answers would be most of it.
+	logs := &syncBuffer{keep: 4 << 20}
 	log := zerolog.New(logs).Level(zerolog.TraceLevel)
 	b := func(addr string) *upstream.Backend {
 		return &upstream.Backend{Name: "cyrus23", Address: addr, TLS: upstream.TLSNone, Legacy: true, ExplicitSeen: true, CyrusNamespace: true}
