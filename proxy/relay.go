@@ -239,11 +239,9 @@ func (ss *session) relay(ctx context.Context) {
 	rs.mu.Unlock()
 }
 
-// injectedInFlight reports whether a command uidgate sent itself is not
-// yet answered.
-func (ss *session) injectedInFlight(rs *relayState) bool {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
+// injectedInFlightLocked reports whether a command uidgate sent itself is
+// not yet answered. Must hold rs.mu.
+func (rs *relayState) injectedInFlightLocked() bool {
 	_, ok := rs.tags[rs.injected]
 	return rs.injected != "" && ok
 }
@@ -396,13 +394,6 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			if err := ss.resyncIfDirty(rs); err != nil {
 				return err
 			}
-		} else if ss.injectedInFlight(rs) {
-			// LOGOUT needs no resync, but must not overtake one in flight:
-			// the backend answers LOGOUT and closes, and an answer held
-			// for that resync (beforeTagged) would never reach the client.
-			if err := ss.barrier(rs); err != nil {
-				return err
-			}
 		}
 		if ss.needsRewrite(rs, cmd, kind) {
 			if err := ss.rewriteAndSend(rs, cmd, kind, line, literalPlus); err != nil {
@@ -453,6 +444,23 @@ func (ss *session) clientToUpstream(rs *relayState) (err error) {
 			pc.release = release
 		}
 		rs.mu.Lock()
+		for pc.kind == cmdLogout && rs.injectedInFlightLocked() {
+			// LOGOUT needs no resync, but must not overtake one in flight:
+			// the backend answers LOGOUT and closes, and an answer held
+			// for that resync (beforeTagged) would never reach the client.
+			// Checked here, under the lock LOGOUT is registered with: the
+			// backend goroutine holds an answer only while nothing is
+			// registered (beforeTagged), so a hold is either seen here or
+			// never made.
+			rs.mu.Unlock()
+			if err := ss.barrier(rs); err != nil {
+				if pc.release != nil {
+					pc.release()
+				}
+				return err
+			}
+			rs.mu.Lock()
+		}
 		// sendFirst: uidgate's own command sent just before this one.
 		var sendFirst []byte
 		unselect := pc.kind == cmdClose && rs.legacy && rs.sel != nil && ss.up.HasCap("UNSELECT") && bareCommand(line, cmd)
