@@ -56,13 +56,21 @@ func (b *bench) runCyrus23(ctx context.Context) error {
 	if err := b.startProxies(ctx, b.c23); err != nil {
 		return err
 	}
-	return b.runAll(ctx, b.c23, []workloadStep{
+	if err := b.runAll(ctx, b.c23, []workloadStep{
 		{"small", func(ctx context.Context, ts []*target) error {
 			return b.runSmall(ctx, ts, b.o.c23SmallSessions, []string{"-mix", "seen"})
 		}},
 		{"select", b.runSelectCyrus23},
 		{"scenarios", b.runScenarios},
-	})
+	}); err != nil {
+		return err
+	}
+	if b.o.profile != "" {
+		if err := b.profileCyrus23(ctx); err != nil {
+			return fmt.Errorf("profile: %w", err)
+		}
+	}
+	return nil
 }
 
 // startCyrus23 starts a Cyrus 2.3 instance through e2e/backends with users

@@ -367,7 +367,7 @@ func (b *bench) runDovecot(ctx context.Context) error {
 		return err
 	}
 	if b.o.profile != "" {
-		if err := b.profileAll(ctx); err != nil {
+		if err := b.profileDovecot(ctx); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 	}

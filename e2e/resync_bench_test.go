@@ -11,19 +11,28 @@ import (
 )
 
 var (
-	resyncSizes   = flag.String("resync.sizes", "10000,100000", "BenchmarkResync: mailbox sizes, comma-separated")
-	resyncBackend = flag.String("resync.backend", "cyrus23", "BenchmarkResync: backend kind")
+	resyncSizes    = flag.String("resync.sizes", "10000,100000", "BenchmarkResync: mailbox sizes, comma-separated")
+	resyncBackend  = flag.String("resync.backend", "cyrus23", "BenchmarkResync: backend kind")
+	resyncInterval = flag.Duration("resync.interval", 0, "BenchmarkResync: least time from one change to the next (1s with -benchtime 30x: issue 15's one change per second for 60 s)")
 )
 
 // BenchmarkResync measures what one change costs a legacy session in a
 // large mailbox (issue 15): another session appends one message, or
 // expunges one, and the selected session's NOOP learns of it. Directly,
 // that is the server's NOOP; through uidgate in the deployed mode it adds
-// the resync (UIDs above the last known after an arrival, the whole list
-// after an expunge). NOOP p50 per size, target and change; the resync's
-// cost is uidgate's minus direct's.
+// the resync (UID FETCH of the UIDs above the last known after an
+// arrival, of the known UIDs around the reported place after an expunge:
+// proxy/resync.go). NOOP p50 per size, target and change; the resync's
+// cost is uidgate's minus direct's. A direct session and one through
+// uidgate have the mailbox selected side by side and both NOOP after each
+// change (in alternating order), so each change is measured in a pair and
+// "added" is the median of the pairs' differences; what uidgate reports
+// must be what the server told the direct session. With -resync.interval the changes are
+// paced (one a second, alternating arrival and expunge, as an idle
+// client's mailbox sees them) instead of back to back.
 //
 //	go test ./e2e/ -run '^$' -bench Resync -benchtime 30x -timeout 1h
+//	go test ./e2e/ -run '^$' -bench Resync -benchtime 30x -resync.interval 1s -resync.sizes 100000
 func BenchmarkResync(b *testing.B) {
 	kind := *resyncBackend
 	be := startBackend(b, kind)
@@ -44,9 +53,10 @@ func BenchmarkResync(b *testing.B) {
 		}
 		box := mailboxName(kind, fmt.Sprintf("resync%d", size))
 		fillMailbox(b, other, box, size)
-		for _, target := range []struct{ name, addr string }{{"direct", be.Addr}, {"uidgate", g.Addr}} {
-			b.Run(fmt.Sprintf("%d/%s", size, target.name), func(b *testing.B) {
-				pc, err := dialPipe(target.addr)
+		b.Run(strconv.Itoa(size), func(b *testing.B) {
+			var pcs [2]*pipeConn // direct, uidgate
+			for k, addr := range []string{be.Addr, g.Addr} {
+				pc, err := dialPipe(addr)
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -55,40 +65,80 @@ func BenchmarkResync(b *testing.B) {
 				if _, err := pc.run([]string{fmt.Sprintf("l LOGIN alice %q", testUsers["alice"]), "s SELECT " + box}, []string{"l", "s"}); err != nil {
 					b.Fatal(err)
 				}
-				noop := func(i int, what string) time.Duration {
-					tag := fmt.Sprintf("n%s%d", what, i)
-					t0 := time.Now()
-					out, err := pc.run([]string{tag + " NOOP"}, []string{tag})
-					took := time.Since(t0)
-					if err != nil || !strings.HasPrefix(out[len(out)-1], tag+" OK") {
-						b.Fatalf("%v %q", err, out)
-					}
-					return took
+				pcs[k] = pc
+			}
+			// noop runs a NOOP on pcs[k] and returns its time and the
+			// untagged line that starts with want's number and ends
+			// in want's word ("EXISTS", "EXPUNGE").
+			noop := func(k, i int, word string) (time.Duration, string) {
+				tag := fmt.Sprintf("n%d.%d", k, i)
+				t0 := time.Now()
+				out, err := pcs[k].run([]string{tag + " NOOP"}, []string{tag})
+				took := time.Since(t0)
+				if err != nil || !strings.HasPrefix(out[len(out)-1], tag+" OK") {
+					b.Fatalf("%v %q", err, out)
 				}
-				var arrival, expunge []time.Duration
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					b.StopTimer()
-					appendMessages(b, other, box, 1, i)
-					b.StartTimer()
-					arrival = append(arrival, noop(i, "a"))
-					b.StopTimer()
-					// The newest message goes again: one expunge.
-					if out, err := other.run([]string{"x SELECT " + box, `y STORE * +FLAGS.SILENT (\Deleted)`, "z EXPUNGE", "u UNSELECT"}, []string{"x", "y", "z", "u"}); err != nil {
-						b.Fatalf("%v %q", err, out)
+				var news []string
+				for _, l := range out {
+					if strings.HasSuffix(strings.TrimSpace(l), " "+word) {
+						news = append(news, strings.TrimSpace(l))
 					}
-					b.StartTimer()
-					expunge = append(expunge, noop(i, "x"))
 				}
-				b.StopTimer()
-				b.ReportMetric(float64(median(arrival).Microseconds()), "arrival-p50-µs")
-				b.ReportMetric(float64(median(expunge).Microseconds()), "expunge-p50-µs")
-			})
-		}
+				return took, strings.Join(news, "; ")
+			}
+			// both asks both sessions, in an order that alternates, and
+			// checks that uidgate told its client what the server told
+			// its own: the server is the oracle.
+			var took [2][2][]time.Duration // [change][target]
+			both := func(change, i int, word string) {
+				var news [2]string
+				for j := range 2 {
+					k := (i + j) % 2
+					var d time.Duration
+					d, news[k] = noop(k, 2*i+change, word)
+					took[change][k] = append(took[change][k], d)
+				}
+				if news[0] == "" || news[0] != news[1] {
+					b.Fatalf("after one %s: directly %q, through uidgate %q", word, news[0], news[1])
+				}
+			}
+			var last time.Time
+			pace := func() {
+				if *resyncInterval > 0 {
+					time.Sleep(time.Until(last.Add(*resyncInterval)))
+					last = time.Now()
+				}
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				pace()
+				appendMessages(b, other, box, 1, i)
+				both(0, i, "EXISTS")
+				pace()
+				// The newest message goes again: one expunge.
+				if out, err := other.run([]string{"x SELECT " + box, `y STORE * +FLAGS.SILENT (\Deleted)`, "z EXPUNGE", "u UNSELECT"}, []string{"x", "y", "z", "u"}); err != nil {
+					b.Fatalf("%v %q", err, out)
+				}
+				both(1, i, "EXPUNGE")
+			}
+			b.StopTimer()
+			for change, name := range []string{"arrival", "expunge"} {
+				direct, gate := took[change][0], took[change][1]
+				added := make([]time.Duration, len(gate))
+				for i := range gate {
+					added[i] = gate[i] - direct[i]
+				}
+				b.ReportMetric(float64(median(direct).Microseconds()), name+"-direct-p50-µs")
+				b.ReportMetric(float64(median(gate).Microseconds()), name+"-uidgate-p50-µs")
+				b.ReportMetric(float64(median(added).Microseconds()), name+"-added-p50-µs")
+			}
+		})
 	}
 }
 
+// median sorts a copy of d and returns its middle.
 func median(d []time.Duration) time.Duration {
+	d = slices.Clone(d)
 	slices.Sort(d)
 	return d[len(d)/2]
 }
