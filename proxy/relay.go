@@ -200,7 +200,7 @@ func (ss *session) relay(ctx context.Context) {
 	rs.cond = sync.NewCond(&rs.mu)
 	ss.rs = rs
 	ss.view.setRelay(rs) // admin view (admin.go)
-	ss.uw = newFlushWriter(ss.up.Conn)
+	ss.uw = newFlushWriter(countingWriter{ss.up.Conn, &ss.upWrites})
 	setUpstreamBounds(ss.up.R)
 	// One goroutine per direction: the client's commands on a new one, the
 	// backend's responses on this one (a third goroutine, only waiting,
@@ -641,6 +641,7 @@ func (ss *session) forwardLiteral(rs *relayState, tag string, line []byte, lit i
 	}
 	ss.cr.Expect(lit.Size)
 	n, err := ss.cr.CopyLiteral(ss.up.Conn)
+	ss.upWrites.Add(1)
 	ss.bytesIn.Add(n)
 	return err
 }
@@ -919,14 +920,23 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	}()
 	ur := ss.up.R
 	quickAck := quickAcker(ss.up.Conn)
+	// unackedAt is upWrites when the last line was read, or noUnacked:
+	// what the backend sent since uidgate last wrote to it is not yet
+	// acknowledged while the two are equal.
+	unackedAt := noUnacked
 	midResponse := false // the previous line announced a literal
 	dropping := false    // the response being read is not for the client
 	var out []byte       // translations are built here, reused line after line
 	for {
-		if ur.Buffered() == 0 {
-			quickAck() // about to wait for the backend: acknowledge what came
+		if ur.Buffered() == 0 && unackedAt == ss.upWrites.Load() && rs.owesResponses() {
+			// About to wait for the backend, which owes more responses
+			// and has had none of its last ones acknowledged: it may be
+			// holding the next one for that acknowledgement.
+			quickAck()
+			unackedAt = noUnacked
 		}
 		line, forwarded, err := ss.readUpLine(rs, ur, midResponse)
+		unackedAt = ss.upWrites.Load()
 		if err != nil {
 			rs.mu.Lock()
 			bye := rs.byeSeen

@@ -187,6 +187,7 @@ func (ss *session) writeSpool(sp *spool) error {
 		return err
 	}
 	_, err := sp.WriteTo(ss.up.Conn)
+	ss.upWrites.Add(1)
 	return err
 }
 

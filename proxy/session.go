@@ -65,7 +65,10 @@ type session struct {
 	ignoreOutOfRange bool
 	uw               *flushWriter // to the backend, under upMu
 	upMu             sync.Mutex
-	done             chan struct{} // closed when the session is torn down
+	// upWrites counts writes to the backend's socket; each carries the
+	// acknowledgement of what the backend sent before it (quickAcker).
+	upWrites atomic.Uint64
+	done     chan struct{} // closed when the session is torn down
 	// ctx ends with done (cancelled by closeAll), for waits that take a
 	// context.
 	ctx       context.Context
