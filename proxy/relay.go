@@ -920,23 +920,21 @@ func (ss *session) upstreamToClient(rs *relayState) (err error) {
 	}()
 	ur := ss.up.R
 	quickAck := quickAcker(ss.up.Conn)
-	// unackedAt is upWrites when the last line was read, or noUnacked:
-	// what the backend sent since uidgate last wrote to it is not yet
-	// acknowledged while the two are equal.
-	unackedAt := noUnacked
+	armedAt := notArmed  // upWrites at the last quickAck
 	midResponse := false // the previous line announced a literal
 	dropping := false    // the response being read is not for the client
 	var out []byte       // translations are built here, reused line after line
 	for {
-		if ur.Buffered() == 0 && unackedAt == ss.upWrites.Load() && rs.owesResponses() {
-			// About to wait for the backend, which owes more responses
-			// and has had none of its last ones acknowledged: it may be
-			// holding the next one for that acknowledgement.
-			quickAck()
-			unackedAt = noUnacked
+		if ur.Buffered() == 0 {
+			// About to wait for the backend: if it owes answers and
+			// uidgate has written to it since the last quick ACK (which
+			// put the socket back into delayed ACKs), quick ACKs again.
+			if w := ss.upWrites.Load(); w != armedAt && rs.owesResponses() {
+				quickAck()
+				armedAt = w
+			}
 		}
 		line, forwarded, err := ss.readUpLine(rs, ur, midResponse)
-		unackedAt = ss.upWrites.Load()
 		if err != nil {
 			rs.mu.Lock()
 			bye := rs.byeSeen
