@@ -235,7 +235,14 @@ func TestHandshakeFailureLogged(t *testing.T) {
 	for range 3 * handshakeLogBurst {
 		old()
 	}
-	time.Sleep(200 * time.Millisecond) // the last sessions end after their client's
+	// Each failed handshake's session is tracked by then (the server
+	// answered it); once none is left, every one has logged.
+	for deadline := time.Now().Add(stepTimeout); srv.ActiveSessions() > 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still running after the flood", srv.ActiveSessions())
+		}
+		time.Sleep(10 * time.Millisecond) // polling the server
+	}
 	if got := waitLog(0); len(got) > handshakeLogBurst+1 {
 		t.Errorf("%d lines for %d failures in a burst; want at most %d", len(got), 3*handshakeLogBurst+1, handshakeLogBurst+1)
 	}
