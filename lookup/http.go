@@ -70,12 +70,19 @@ func (d *httpDirectory) defaultPort() string { return "" }
 func (d *httpDirectory) template() string    { return d.tpl }
 func (d *httpDirectory) close()              { d.client.CloseIdleConnections() }
 
-// cacheKey: the user and a keyed hash of the password. Only OK answers are
-// cached, so a hit needs a password the auth service accepted for that
-// user within the TTL: a wrong password always reaches the auth service,
-// and its refusals, delays (Auth-Wait) and lock-outs stay in force.
+// cacheKey: the user and a keyed hash of the password, and the other
+// facts the auth service was told (Client-IP, Auth-SSL), so that an answer
+// it gave for TLS or one address is not reused for plain text or another.
+// Only OK answers are cached, so a hit needs a password the auth service
+// accepted for that user, from there, within the TTL: a wrong password
+// always reaches the auth service, and its refusals, delays (Auth-Wait)
+// and lock-outs stay in force.
 func (d *httpDirectory) cacheKey(req Request) string {
-	return req.User + "\x00" + passwordKey(d.key, req.Pass)
+	tls := "plain"
+	if req.Secure {
+		tls = "tls"
+	}
+	return req.User + "\x00" + passwordKey(d.key, req.Pass) + "\x00" + tls + "\x00" + req.ClientIP
 }
 
 func (d *httpDirectory) ask(ctx context.Context, req Request) (answer, error) {
@@ -156,8 +163,12 @@ func parseAuthAnswer(h http.Header, req Request) (answer, time.Duration, error) 
 			code = "AUTHENTICATIONFAILED"
 		}
 		text := oneLine(status)
-		if req.Pass != "" && strings.Contains(text, req.Pass) {
-			text = strings.ReplaceAll(text, req.Pass, "<redacted>")
+		if req.Pass != "" {
+			// As sent (escaped) or as typed: a service that echoes the
+			// password must not get it into uidgate's log.
+			for _, p := range []string{escapeAuth(req.Pass), req.Pass} {
+				text = strings.ReplaceAll(text, p, "<redacted>")
+			}
 		}
 		if text == "" {
 			text = "Authentication failed"

@@ -27,7 +27,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"uidgate/configs"
 	"uidgate/rules"
@@ -106,7 +106,7 @@ type directory interface {
 // route is one directory route, with its cache.
 type route struct {
 	dir   directory
-	cache *expirable.LRU[string, rules.Resolution] // nil: no cache
+	cache *ttlCache // nil: no cache
 }
 
 // Router routes logins for one configuration. It is safe for concurrent
@@ -181,7 +181,10 @@ func New(c *configs.Config) (*Router, error) {
 		}
 		rt := &route{dir: d}
 		if ttl := c.LookupCacheTTL(i); ttl > 0 {
-			rt.cache = expirable.NewLRU[string, rules.Resolution](size, nil, ttl)
+			if rt.cache, err = newTTLCache(size, ttl); err != nil {
+				r.Close()
+				return nil, fmt.Errorf("route %d: %w", i, err)
+			}
 		}
 		r.routes[i] = rt
 	}
@@ -369,3 +372,47 @@ func tlsClone(cfg *tls.Config, serverName string) *tls.Config {
 	}
 	return c
 }
+
+// ttlCache is an LRU whose entries expire. expirable.LRU does the same
+// with a cleanup goroutine that nothing can stop (golang-lru v2.0.7), and
+// a Router is made anew at every reload: each would leak one, holding the
+// old cache. Here an expired entry is dropped when it is looked up, and
+// the LRU bound holds the rest.
+type ttlCache struct {
+	c   *lru.Cache[string, ttlEntry]
+	ttl time.Duration
+}
+
+type ttlEntry struct {
+	res     rules.Resolution
+	expires time.Time
+}
+
+func newTTLCache(size int, ttl time.Duration) (*ttlCache, error) {
+	c, err := lru.New[string, ttlEntry](size)
+	if err != nil {
+		return nil, err
+	}
+	return &ttlCache{c: c, ttl: ttl}, nil
+}
+
+// Get returns key's resolution if it is there and not expired.
+func (t *ttlCache) Get(key string) (rules.Resolution, bool) {
+	e, ok := t.c.Get(key)
+	if !ok {
+		return rules.Resolution{}, false
+	}
+	if time.Now().After(e.expires) {
+		t.c.Remove(key)
+		return rules.Resolution{}, false
+	}
+	return e.res, true
+}
+
+// Add keeps res under key for the TTL.
+func (t *ttlCache) Add(key string, res rules.Resolution) {
+	t.c.Add(key, ttlEntry{res: res, expires: time.Now().Add(t.ttl)})
+}
+
+// Remove drops key.
+func (t *ttlCache) Remove(key string) { t.c.Remove(key) }

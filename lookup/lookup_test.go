@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"uidgate/configs"
+	"uidgate/rules"
 )
 
 // parse builds a Router from a configuration text.
@@ -105,6 +106,33 @@ func TestParseAuthAnswer(t *testing.T) {
 			t.Errorf("%s: the error holds the password: %v", c.name, err)
 		}
 	}
+	// A service that echoes the password as it was sent (escaped).
+	_, _, err := parseAuthAnswer(h("Auth-Status", "bad password my%20pass%25", "Auth-Wait", "0"), Request{User: "alice", Pass: "my pass%"})
+	if err == nil || strings.Contains(err.Error(), "my%20pass") || !strings.Contains(err.Error(), "<redacted>") {
+		t.Errorf("escaped password echoed: %v", err)
+	}
+}
+
+// TestTTLCache: entries expire at their TTL, looked up or not, and the
+// LRU bound holds.
+func TestTTLCache(t *testing.T) {
+	c, err := newTTLCache(2, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Add("a", rules.Resolution{Backend: "one"})
+	if res, ok := c.Get("a"); !ok || res.Backend != "one" {
+		t.Errorf("fresh entry: %+v %v", res, ok)
+	}
+	c.Add("b", rules.Resolution{})
+	c.Add("c", rules.Resolution{})
+	if _, ok := c.Get("a"); ok {
+		t.Error("the least recently used entry outlived the bound")
+	}
+	time.Sleep(60 * time.Millisecond) // past the TTL: what is tested is expiry
+	if _, ok := c.Get("c"); ok {
+		t.Error("an entry outlived its TTL")
+	}
 }
 
 // TestHTTPRouter: the router against an auth service: configured and
@@ -185,6 +213,13 @@ http = { url = %q, template = "pool" }
 	r.Route(ctx, Request{User: "alice", Pass: "wrong"})
 	if n := asked.Load(); n != 4 {
 		t.Errorf("%d requests; a refusal must not be cached", n)
+	}
+	// What the service was told besides the password is part of the key:
+	// an answer for plain text is not one for TLS, nor for another address.
+	r.Route(ctx, Request{User: "alice", Pass: "right", Secure: true})
+	r.Route(ctx, Request{User: "alice", Pass: "right", ClientIP: "192.0.2.9"})
+	if n := asked.Load(); n != 6 {
+		t.Errorf("%d requests; a cached answer was reused for TLS or another client address", n)
 	}
 	// No template on this route: an unknown address is unavailable.
 	if _, err := r.Route(ctx, Request{User: "nt-x", Pass: "right"}); !errors.Is(err, ErrUnavailable) {
