@@ -289,8 +289,13 @@ func (ss *session) lingerClose() {
 		up.Close()
 	}
 	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		// The read deadline alone is no bound: the client goroutine may
+		// set its own on the same socket (TestSessionEndLine/backend_gone
+		// lingered until the client closed).
+		t := time.AfterFunc(byeLinger, ss.closeAll)
 		c.SetReadDeadline(time.Now().Add(byeLinger))
 		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+		t.Stop()
 	}
 	ss.closeAll()
 }
